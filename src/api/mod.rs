@@ -1,0 +1,5 @@
+//! Types shared by the worker's HTTP API, its CLI client and the operator.
+
+pub mod status;
+
+pub use status::*;

@@ -1,0 +1,148 @@
+//! Command-line interface: the worker, its client verbs, and the other roles.
+
+pub mod client;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "mongoferry", version, about = "Live, zero-downtime MongoDB migrations")]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "MONGOFERRY_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Run the replication engine with its HTTP control API.
+    Worker(WorkerArgs),
+    /// Start a migration on a worker.
+    Start(StartArgs),
+    /// Pause a running migration (drains, flushes, checkpoints).
+    Pause(ClientArgs),
+    /// Resume a paused (or failed, with --from-failure) migration.
+    Resume(ResumeArgs),
+    /// Cut over: apply up to now, restore indexes, verify, report.
+    Finalize(FinalizeArgs),
+    /// Show a worker's status (with --watch, a live progress bar).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// Source MongoDB URI (a replica set). Credentials are better given as a file below.
+    #[arg(long, env = "MONGOFERRY_SOURCE")]
+    pub source: String,
+    #[arg(long, env = "MONGOFERRY_SOURCE_USERNAME")]
+    pub source_username: Option<String>,
+    /// File holding the source password (e.g. a mounted Secret).
+    #[arg(long, env = "MONGOFERRY_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the source's TLS certificate.
+    #[arg(long, env = "MONGOFERRY_SOURCE_TLS_CA_FILE")]
+    pub source_tls_ca_file: Option<PathBuf>,
+    /// Target MongoDB URI (a replica set).
+    #[arg(long, env = "MONGOFERRY_TARGET")]
+    pub target: String,
+    #[arg(long, env = "MONGOFERRY_TARGET_USERNAME")]
+    pub target_username: Option<String>,
+    #[arg(long, env = "MONGOFERRY_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<PathBuf>,
+    #[arg(long, env = "MONGOFERRY_TARGET_TLS_CA_FILE")]
+    pub target_tls_ca_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    /// Address of the HTTP API and /metrics.
+    #[arg(long, env = "MONGOFERRY_LISTEN", default_value = "127.0.0.1:2242")]
+    pub listen: String,
+    /// File holding the API token; without one the API is open to whoever reaches it.
+    #[arg(long, env = "MONGOFERRY_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Forget the previous run stored in the target and start from idle.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Worker API base URL.
+    #[arg(long, env = "MONGOFERRY_WORKER", default_value = "http://127.0.0.1:2242")]
+    pub worker: String,
+    /// File holding the API token (or set MONGOFERRY_API_TOKEN).
+    #[arg(long, env = "MONGOFERRY_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Namespaces to include: `db.coll`, `db.*` or `/regex/` (repeatable).
+    #[arg(long = "include")]
+    pub include: Vec<String>,
+    /// Namespaces to exclude (applied after includes; repeatable).
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Forget a finalized or failed run and start over.
+    #[arg(long)]
+    pub reset: bool,
+    #[arg(long)]
+    pub clone_parallel_collections: Option<u32>,
+    #[arg(long)]
+    pub clone_read_workers: Option<u32>,
+    #[arg(long)]
+    pub clone_insert_workers: Option<u32>,
+    #[arg(long)]
+    pub clone_batch_bytes: Option<u64>,
+    #[arg(long)]
+    pub repl_workers: Option<u32>,
+    #[arg(long)]
+    pub repl_bulk_ops: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Resume a failed migration from its checkpoint.
+    #[arg(long)]
+    pub from_failure: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum VerifyArg {
+    Full,
+    Counts,
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct FinalizeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_enum, default_value = "full")]
+    pub verify: VerifyArg,
+    /// Block user writes on the source before taking the cutoff.
+    #[arg(long)]
+    pub block_source_writes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Follow progress with a live bar until the migration is finalized or failed.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+}

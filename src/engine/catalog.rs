@@ -1,0 +1,298 @@
+//! The catalog: which collections and views the source has, their options and indexes, and
+//! how they are created on the target. Index definitions are relaxed during the sync
+//! (unique → non-unique, TTL → disabled, hidden → visible) and restored at finalize.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+
+use super::checkpoint::CollectionEntry;
+use super::error::{mongo_code, EngineError, MongoContext, Result, Side};
+use super::filter::NamespaceFilter;
+
+/// `expireAfterSeconds` used while syncing: the largest value servers accept (~68 years).
+pub const TTL_DISABLED: i32 = i32::MAX;
+
+/// Collection options copied to the target at creation. Others (`uuid`, `autoIndexId`, …) are
+/// the server's own.
+const COPIED_OPTIONS: &[&str] = &[
+    "capped",
+    "size",
+    "max",
+    "collation",
+    "validator",
+    "validationLevel",
+    "validationAction",
+    "clusteredIndex",
+    "changeStreamPreAndPostImages",
+    "storageEngine",
+    "indexOptionDefaults",
+];
+
+/// What the source lists, before it becomes a catalog entry.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub entry: CollectionEntry,
+    /// Why the collection is not migrated, if it is not (time-series, …).
+    pub unsupported: Option<String>,
+}
+
+/// List the selected collections and views of the source.
+pub async fn list_selected(source: &Client, filter: &NamespaceFilter) -> Result<Vec<Listed>> {
+    let dbs = source
+        .list_database_names()
+        .await
+        .on(Side::Source, "listing databases")?;
+    let mut out = Vec::new();
+    for db in dbs.into_iter().filter(|d| filter.database_selected(d)) {
+        let specs = list_collection_specs(source, &db).await?;
+        for spec in specs {
+            let name = spec.get_str("name").unwrap_or_default().to_string();
+            if !filter.selected(&db, &name) {
+                continue;
+            }
+            let kind = spec.get_str("type").unwrap_or("collection").to_string();
+            let options = spec.get_document("options").cloned().unwrap_or_default();
+            let unsupported = match kind.as_str() {
+                "timeseries" => Some("time-series collections are not migrated".to_string()),
+                "collection" | "view" => None,
+                other => Some(format!("collections of type {other:?} are not migrated")),
+            };
+            let capped = options.get_bool("capped").unwrap_or(false);
+            out.push(Listed {
+                entry: CollectionEntry {
+                    ns: format!("{db}.{name}"),
+                    db: db.clone(),
+                    coll: name,
+                    kind,
+                    options,
+                    capped,
+                    ..Default::default()
+                },
+                unsupported,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Raw `listCollections` specs of one database (views included).
+pub async fn list_collection_specs(client: &Client, db: &str) -> Result<Vec<Document>> {
+    let side = Side::Source;
+    let cur = client
+        .database(db)
+        .run_cursor_command(doc! {"listCollections": 1})
+        .await
+        .on(side, "listing collections")?;
+    cur.try_collect().await.on(side, "listing collections")
+}
+
+/// Estimated size in bytes and document count of a collection.
+pub async fn estimate(source: &Client, db: &str, coll: &str) -> Result<(i64, i64)> {
+    let d = source.database(db);
+    if let Ok(stats) = d.run_command(doc! {"collStats": coll}).await {
+        let size = num(stats.get("size"));
+        let count = num(stats.get("count"));
+        if count == 0 || size > 0 {
+            return Ok((size, count));
+        }
+    }
+    // The server keeps no statistics: measure.
+    let mut cur = d
+        .collection::<Document>(coll)
+        .aggregate(vec![doc! {"$group": {
+            "_id": Bson::Null, "n": {"$sum": 1}, "b": {"$sum": {"$bsonSize": "$$ROOT"}}
+        }}])
+        .await
+        .on(Side::Source, "estimating collection size")?;
+    let mut out = (0, 0);
+    if let Some(r) = cur.try_next().await.on(Side::Source, "estimating collection size")? {
+        out = (num(r.get("b")), num(r.get("n")));
+    }
+    Ok(out)
+}
+
+pub fn num(b: Option<&Bson>) -> i64 {
+    match b {
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    }
+}
+
+/// The `create` command for a catalog entry on the target. Pure.
+pub fn create_command(e: &CollectionEntry) -> Document {
+    let mut cmd = doc! {"create": &e.coll};
+    if e.kind == "view" {
+        for k in ["viewOn", "pipeline", "collation"] {
+            if let Some(v) = e.options.get(k) {
+                cmd.insert(k, v.clone());
+            }
+        }
+        return cmd;
+    }
+    for k in COPIED_OPTIONS {
+        if let Some(v) = e.options.get(*k) {
+            cmd.insert(*k, v.clone());
+        }
+    }
+    cmd
+}
+
+/// Create the collection or view on the target. An existing, empty collection is replaced;
+/// one holding documents is refused unless `owned` (created by an earlier run of this job).
+pub async fn create_on_target(target: &Client, e: &CollectionEntry, owned: bool) -> Result<()> {
+    let db = target.database(&e.db);
+    let existing = db
+        .list_collection_names()
+        .filter(doc! {"name": &e.coll})
+        .await
+        .on(Side::Target, "listing target collections")?;
+    if !existing.is_empty() {
+        let docs = db
+            .collection::<Document>(&e.coll)
+            .estimated_document_count()
+            .await
+            .unwrap_or(0);
+        if docs > 0 && !owned {
+            return Err(EngineError::TargetNotEmpty(e.ns.clone()));
+        }
+        db.collection::<Document>(&e.coll)
+            .drop()
+            .await
+            .on(Side::Target, "replacing a target collection")?;
+    }
+    db.run_command(create_command(e))
+        .await
+        .on(Side::Target, &format!("creating {}", e.ns))?;
+    Ok(())
+}
+
+/// Index specs of a source collection, without `_id_` and clustered indexes.
+pub async fn list_indexes(client: &Client, side: Side, db: &str, coll: &str) -> Result<Vec<Document>> {
+    let res = client
+        .database(db)
+        .run_cursor_command(doc! {"listIndexes": coll})
+        .await;
+    let cur = match res {
+        Ok(c) => c,
+        Err(e) if mongo_code(&e) == Some(26) => return Ok(vec![]),
+        Err(e) => return Err(EngineError::mongo(side, "listing indexes", e)),
+    };
+    let specs: Vec<Document> = cur.try_collect().await.on(side, "listing indexes")?;
+    Ok(specs
+        .into_iter()
+        .filter(|s| s.get_str("name") != Ok("_id_") && !s.get_bool("clustered").unwrap_or(false))
+        .collect())
+}
+
+/// The spec to build during the sync: unique off, TTL disabled, hidden off. Pure.
+pub fn relax_index(spec: &Document) -> Document {
+    let mut out = Document::new();
+    for (k, v) in spec {
+        match k.as_str() {
+            "v" | "ns" | "background" | "prepareUnique" | "hidden" => {}
+            "unique" => {}
+            "expireAfterSeconds" => {
+                out.insert(k, TTL_DISABLED);
+            }
+            _ => {
+                out.insert(k, v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A spec as it should be compared or recreated: server-managed fields removed. Pure.
+pub fn normalize_index(spec: &Document) -> Document {
+    let mut out = Document::new();
+    for (k, v) in spec {
+        if matches!(k.as_str(), "v" | "ns" | "background") {
+            continue;
+        }
+        if k == "unique" || k == "hidden" || k == "sparse" || k == "prepareUnique" {
+            if v.as_bool() == Some(false) {
+                continue;
+            }
+        }
+        out.insert(k, v.clone());
+    }
+    out
+}
+
+/// Build relaxed indexes on the target; indexes that already exist are left alone.
+pub async fn create_relaxed_indexes(target: &Client, db: &str, coll: &str, specs: &[Document]) -> Result<()> {
+    for spec in specs {
+        let relaxed = relax_index(spec);
+        let r = target
+            .database(db)
+            .run_command(doc! {"createIndexes": coll, "indexes": [relaxed]})
+            .await;
+        match r {
+            Ok(_) => {}
+            // Already there (a replay or a restarted copy): fine.
+            Err(e) if matches!(mongo_code(&e), Some(68 | 85 | 86)) => {}
+            Err(e) => {
+                return Err(EngineError::mongo(
+                    Side::Target,
+                    format!("building index {} on {db}.{coll}", spec.get_str("name").unwrap_or("?")),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaxes_unique_ttl_hidden() {
+        let spec = doc! {"v": 2, "key": {"a": 1}, "name": "a_1", "unique": true,
+            "expireAfterSeconds": 60, "hidden": true, "partialFilterExpression": {"a": {"$gt": 1}}};
+        let r = relax_index(&spec);
+        assert_eq!(
+            r,
+            doc! {"key": {"a": 1}, "name": "a_1", "expireAfterSeconds": TTL_DISABLED,
+            "partialFilterExpression": {"a": {"$gt": 1}}}
+        );
+    }
+
+    #[test]
+    fn create_commands_keep_options() {
+        let e = CollectionEntry {
+            coll: "c".into(),
+            kind: "collection".into(),
+            options: doc! {"capped": true, "size": 4096, "max": 10, "uuid": 1,
+                "collation": {"locale": "fr"}, "validator": {"a": {"$type": "int"}},
+                "validationLevel": "moderate"},
+            ..Default::default()
+        };
+        assert_eq!(
+            create_command(&e),
+            doc! {"create": "c", "capped": true, "size": 4096, "max": 10,
+            "collation": {"locale": "fr"}, "validator": {"a": {"$type": "int"}},
+            "validationLevel": "moderate"}
+        );
+        let v = CollectionEntry {
+            coll: "v".into(),
+            kind: "view".into(),
+            options: doc! {"viewOn": "c", "pipeline": [{"$match": {"a": 1}}]},
+            ..Default::default()
+        };
+        assert_eq!(
+            create_command(&v),
+            doc! {"create": "v", "viewOn": "c", "pipeline": [{"$match": {"a": 1}}]}
+        );
+    }
+
+    #[test]
+    fn normalizes_specs() {
+        let a = doc! {"v": 2, "key": {"a": 1}, "name": "a_1", "unique": false, "background": true};
+        assert_eq!(normalize_index(&a), doc! {"key": {"a": 1}, "name": "a_1"});
+    }
+}

@@ -1,0 +1,450 @@
+//! The initial copy: create the selected collections on the target, plan `_id` partitions,
+//! read them in parallel and insert them with unordered bulk inserts, with the bytes in
+//! flight bounded by a budget. Finished partitions are recorded, so a restarted worker does
+//! not copy them again.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::error::ErrorKind;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::catalog;
+use super::checkpoint::{Checkpoint, CollectionEntry, IndexEntry, PartitionEntry};
+use super::error::{classify_mongo, EngineError, ErrorClass, MongoContext, Result, Side};
+use super::filter::NamespaceFilter;
+use super::partition;
+use super::tuning::Tuning;
+use super::Ctx;
+
+/// Whether the copy ran to its end or was stopped (pause, finalize, shutdown).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyOutcome {
+    Completed,
+    Stopped,
+}
+
+/// A batch on its way to an insert worker. The permit returns its bytes to the budget.
+struct InsertJob {
+    db: String,
+    coll: String,
+    docs: Vec<RawDocumentBuf>,
+    bytes: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    done: oneshot::Sender<Result<()>>,
+}
+
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    cp: &Arc<Mutex<Checkpoint>>,
+    tuning: &Tuning,
+    cancel: &CancellationToken,
+) -> Result<CopyOutcome> {
+    let (filter, catalog_done) = {
+        let c = cp.lock().await;
+        let o = &c.options;
+        (
+            NamespaceFilter::new(&o.include_namespaces, &o.exclude_namespaces)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?,
+            c.catalog_done,
+        )
+    };
+    if !catalog_done {
+        build_catalog(ctx, cp, &filter).await?;
+    }
+    let mut pending: Vec<CollectionEntry> = ctx
+        .store
+        .all_collections()
+        .await?
+        .into_iter()
+        .filter(|c| c.kind == "collection")
+        .collect();
+    let (done_docs, done_bytes) = ctx.store.copied_totals().await?;
+    ctx.live.cloned_docs.store(done_docs as u64, Ordering::Relaxed);
+    ctx.live.cloned_bytes.store(done_bytes as u64, Ordering::Relaxed);
+    ctx.live.collections_completed.store(
+        pending.iter().filter(|c| c.copied).count() as u64,
+        Ordering::Relaxed,
+    );
+    pending.retain(|c| !c.copied);
+    pending.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes));
+    ctx.live.mark_copy_start();
+
+    // Insert workers and the byte budget shared by every reader.
+    let budget = Arc::new(Semaphore::new(tuning.budget_kib as usize));
+    let (tx, rx) = mpsc::channel::<InsertJob>(tuning.insert_workers * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..tuning.insert_workers {
+        let rx = rx.clone();
+        let ctx = ctx.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let job = { rx.lock().await.recv().await };
+                let Some(job) = job else { break };
+                let r = insert_batch(&ctx, &job.db, &job.coll, &job.docs, false).await;
+                if r.is_ok() {
+                    ctx.metrics.copy_insert_documents.inc_by(job.docs.len() as u64);
+                    ctx.metrics.copy_insert_bytes.inc_by(job.bytes);
+                    ctx.live.cloned_docs.fetch_add(job.docs.len() as u64, Ordering::Relaxed);
+                    ctx.live.cloned_bytes.fetch_add(job.bytes, Ordering::Relaxed);
+                }
+                let _ = job.done.send(r);
+            }
+        }));
+    }
+    let readers = Arc::new(Semaphore::new(tuning.read_workers));
+    let results: Vec<Result<bool>> = futures::stream::iter(pending)
+        .map(|c| {
+            let tx = tx.clone();
+            let budget = budget.clone();
+            let readers = readers.clone();
+            async move { copy_collection(ctx, c, tuning, tx, budget, readers, cancel).await }
+        })
+        .buffer_unordered(tuning.parallel_collections)
+        .collect()
+        .await;
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut completed = true;
+    for r in results {
+        completed &= r?;
+    }
+    if !completed || cancel.is_cancelled() {
+        return Ok(CopyOutcome::Stopped);
+    }
+    let finish = super::conn::cluster_time(&ctx.source, Side::Source).await?;
+    let mut c = cp.lock().await;
+    c.clone_completed = true;
+    c.copy_finish_ts = Some(finish);
+    ctx.store.save(&mut c).await?;
+    info!(finish = %super::optime::ts_string(finish), "initial copy complete");
+    Ok(CopyOutcome::Completed)
+}
+
+/// List, size and create every selected collection on the target.
+async fn build_catalog(
+    ctx: &Arc<Ctx>,
+    cp: &Arc<Mutex<Checkpoint>>,
+    filter: &NamespaceFilter,
+) -> Result<()> {
+    {
+        let mut c = cp.lock().await;
+        if c.start_ts.is_none() {
+            // Replication starts here: taken before listing, so nothing is missed.
+            c.start_ts = Some(super::conn::cluster_time(&ctx.source, Side::Source).await?);
+            ctx.store.save(&mut c).await?;
+        }
+    }
+    let owned: std::collections::HashSet<String> = ctx
+        .store
+        .all_collections()
+        .await?
+        .into_iter()
+        .filter(|c| c.created)
+        .map(|c| c.ns)
+        .collect();
+    let listed = catalog::list_selected(&ctx.source, filter).await?;
+    let mut warnings = Vec::new();
+    let (mut bytes, mut docs, mut total) = (0i64, 0i64, 0i64);
+    // Collections before views: a view may be defined on a collection.
+    let mut listed = listed;
+    listed.sort_by_key(|l| l.entry.kind == "view");
+    for l in listed {
+        if let Some(why) = l.unsupported {
+            warn!(ns = %l.entry.ns, reason = %why, "skipping");
+            warnings.push(format!("{}: {why}", l.entry.ns));
+            continue;
+        }
+        let mut e = l.entry;
+        if e.kind == "collection" {
+            let (b, n) = catalog::estimate(&ctx.source, &e.db, &e.coll).await?;
+            e.size_bytes = b;
+            e.documents = n;
+            bytes += b;
+            docs += n;
+            total += 1;
+        }
+        catalog::create_on_target(&ctx.target, &e, owned.contains(&e.ns)).await?;
+        e.created = true;
+        ctx.store.upsert_collection(&e).await?;
+        debug!(ns = %e.ns, kind = %e.kind, "created on target");
+    }
+    let mut c = cp.lock().await;
+    c.catalog_done = true;
+    c.estimated_bytes = bytes;
+    c.estimated_docs = docs;
+    c.collections_total = total;
+    c.warnings.extend(warnings);
+    ctx.metrics.estimated_total_bytes.set(bytes);
+    ctx.store.save(&mut c).await?;
+    info!(collections = total, bytes, documents = docs, "catalog created on target");
+    Ok(())
+}
+
+/// Copy one collection; `Ok(false)` when stopped before the end.
+#[allow(clippy::too_many_arguments)]
+async fn copy_collection(
+    ctx: &Arc<Ctx>,
+    c: CollectionEntry,
+    tuning: &Tuning,
+    tx: mpsc::Sender<InsertJob>,
+    budget: Arc<Semaphore>,
+    readers: Arc<Semaphore>,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    if cancel.is_cancelled() {
+        return Ok(false);
+    }
+    let mut parts = ctx.store.partitions_of(&c.ns).await?;
+    if !c.planned || parts.is_empty() {
+        parts = plan_collection(ctx, &c, tuning).await?;
+        ctx.store.save_partitions(&parts).await?;
+        ctx.store.mark_collection(&c.ns, doc! {"planned": true}).await?;
+    }
+    let skipped = parts.iter().filter(|p| p.done).count();
+    ctx.metrics.copy_partitions_skipped.inc_by(skipped as u64);
+    let todo: Vec<PartitionEntry> = parts.into_iter().filter(|p| !p.done).collect();
+    info!(ns = %c.ns, partitions = todo.len(), skipped, "copying");
+    let results: Vec<Result<bool>> = futures::stream::iter(todo)
+        .map(|p| {
+            let tx = tx.clone();
+            let budget = budget.clone();
+            let readers = readers.clone();
+            let c = &c;
+            async move {
+                let _r = readers
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::Other("copy reader pool closed".into()))?;
+                copy_partition(ctx, c, &p, tuning, tx, budget, cancel).await
+            }
+        })
+        .buffer_unordered(tuning.read_workers)
+        .collect()
+        .await;
+    let mut complete = true;
+    for r in results {
+        complete &= r?;
+    }
+    if !complete {
+        return Ok(false);
+    }
+    // Indexes are built after the data: faster than maintaining them during the inserts.
+    let specs = catalog::list_indexes(&ctx.source, Side::Source, &c.db, &c.coll).await?;
+    for s in &specs {
+        let name = s.get_str("name").unwrap_or_default().to_string();
+        ctx.store
+            .save_index(&IndexEntry {
+                id: format!("{}#{}", c.ns, name),
+                ns: c.ns.clone(),
+                name,
+                spec: catalog::normalize_index(s),
+            })
+            .await?;
+    }
+    catalog::create_relaxed_indexes(&ctx.target, &c.db, &c.coll, &specs).await?;
+    ctx.store
+        .mark_collection(&c.ns, doc! {"copied": true, "indexesBuilt": true})
+        .await?;
+    ctx.live.collections_completed.fetch_add(1, Ordering::Relaxed);
+    info!(ns = %c.ns, indexes = specs.len(), "collection copied");
+    Ok(true)
+}
+
+async fn plan_collection(
+    ctx: &Arc<Ctx>,
+    c: &CollectionEntry,
+    tuning: &Tuning,
+) -> Result<Vec<PartitionEntry>> {
+    if c.capped {
+        return Ok(partition::plan(&c.ns, None, &Default::default(), true));
+    }
+    let census = partition::census(&ctx.source, &c.db, &c.coll).await;
+    let avg = if c.documents > 0 {
+        (c.size_bytes / c.documents).max(1)
+    } else {
+        1024
+    };
+    let per_partition = (tuning.partition_bytes as i64 / avg).max(1000);
+    let mut splits = std::collections::BTreeMap::new();
+    if let Some(cen) = &census {
+        let only = cen.brackets.len() == 1;
+        for (b, (n, seen)) in &cen.brackets {
+            if *n > per_partition {
+                let f = partition::bracket_filter(*b, seen, only);
+                let s = partition::split_points(
+                    &ctx.source,
+                    &c.db,
+                    &c.coll,
+                    f,
+                    *n,
+                    per_partition,
+                )
+                .await?;
+                splits.insert(*b, s);
+            }
+        }
+    }
+    Ok(partition::plan(&c.ns, census.as_ref(), &splits, false))
+}
+
+/// Read one partition and hand its batches to the insert workers; `Ok(false)` if stopped.
+async fn copy_partition(
+    ctx: &Arc<Ctx>,
+    c: &CollectionEntry,
+    p: &PartitionEntry,
+    tuning: &Tuning,
+    tx: mpsc::Sender<InsertJob>,
+    budget: Arc<Semaphore>,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    let coll = ctx
+        .source
+        .database(&c.db)
+        .collection::<RawDocumentBuf>(&c.coll);
+    let avg = if c.documents > 0 {
+        (c.size_bytes / c.documents).max(1) as u64
+    } else {
+        1024
+    };
+    // Ask the server for about one insert batch per round trip.
+    let batch_docs = (tuning.batch_bytes / avg).clamp(1, 10_000) as u32;
+    let mut find = coll.find(p.filter.clone()).batch_size(batch_docs);
+    if p.natural {
+        find = find.sort(doc! {"$natural": 1});
+    }
+    let mut cursor = find.await.on(Side::Source, &format!("reading {}", c.ns))?;
+    let mut pending: Vec<oneshot::Receiver<Result<()>>> = Vec::new();
+    let (mut docs_n, mut bytes_n) = (0i64, 0i64);
+    let mut batch: Vec<RawDocumentBuf> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut stopped = false;
+    loop {
+        if cancel.is_cancelled() {
+            stopped = true;
+            break;
+        }
+        let next = cursor
+            .try_next()
+            .await
+            .on(Side::Source, &format!("reading {}", c.ns))?;
+        let end = next.is_none();
+        if let Some(d) = next {
+            let len = d.as_bytes().len() as u64;
+            ctx.metrics.copy_read_documents.inc();
+            ctx.metrics.copy_read_bytes.inc_by(len);
+            batch_bytes += len;
+            batch.push(d);
+        }
+        if (end && !batch.is_empty()) || batch_bytes >= tuning.batch_bytes || batch.len() >= 100_000
+        {
+            let docs = std::mem::take(&mut batch);
+            let bytes = std::mem::take(&mut batch_bytes);
+            docs_n += docs.len() as i64;
+            bytes_n += bytes as i64;
+            if p.natural {
+                // Capped collections keep their insertion order: one ordered writer.
+                insert_batch(ctx, &c.db, &c.coll, &docs, true).await?;
+                ctx.metrics.copy_insert_documents.inc_by(docs.len() as u64);
+                ctx.metrics.copy_insert_bytes.inc_by(bytes);
+                ctx.live.cloned_docs.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                ctx.live.cloned_bytes.fetch_add(bytes, Ordering::Relaxed);
+            } else {
+                let kib = ((bytes / 1024).max(1) as u32).min(tuning.budget_kib);
+                let permit = budget
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| EngineError::Other("copy budget closed".into()))?;
+                let (done, rx) = oneshot::channel();
+                let job = InsertJob {
+                    db: c.db.clone(),
+                    coll: c.coll.clone(),
+                    docs,
+                    bytes,
+                    _permit: permit,
+                    done,
+                };
+                if tx.send(job).await.is_err() {
+                    return Err(EngineError::Other("copy insert workers stopped".into()));
+                }
+                pending.push(rx);
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    for rx in pending {
+        rx.await
+            .map_err(|_| EngineError::Other("an insert worker stopped".into()))??;
+    }
+    if stopped {
+        return Ok(false);
+    }
+    ctx.store.mark_partition_done(&p.id, docs_n, bytes_n).await?;
+    Ok(true)
+}
+
+/// Insert a batch: unordered (ordered for capped collections), validation bypassed,
+/// duplicates of an earlier partial copy ignored, transient errors retried.
+async fn insert_batch(
+    ctx: &Ctx,
+    db: &str,
+    coll: &str,
+    docs: &[RawDocumentBuf],
+    ordered: bool,
+) -> Result<()> {
+    let c = ctx.target.database(db).collection::<RawDocumentBuf>(coll);
+    let mut attempt = 0u32;
+    loop {
+        let r = c
+            .insert_many(docs)
+            .ordered(ordered)
+            .bypass_document_validation(true)
+            .await;
+        let e = match r {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if let ErrorKind::InsertMany(m) = e.kind.as_ref() {
+            let only_dups = m.write_concern_error.is_none()
+                && m.write_errors
+                    .as_ref()
+                    .is_some_and(|w| w.iter().all(|w| w.code == 11000));
+            if only_dups {
+                if ordered {
+                    // An ordered insert stops at the first duplicate: insert the rest one by one.
+                    for d in docs {
+                        let r = c.insert_one(d).bypass_document_validation(true).await;
+                        if let Err(e) = r {
+                            if super::error::mongo_code(&e) != Some(11000) {
+                                return Err(EngineError::mongo(Side::Target, format!("inserting into {db}.{coll}"), e));
+                            }
+                        }
+                    }
+                }
+                return Ok(());
+            }
+        }
+        attempt += 1;
+        if classify_mongo(&e) == ErrorClass::Transient && attempt < 8 {
+            ctx.metrics.errors.with_label_values(&["copy_insert_retry"]).inc();
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            continue;
+        }
+        return Err(EngineError::mongo(
+            Side::Target,
+            format!("inserting into {db}.{coll}"),
+            e,
+        ));
+    }
+}

@@ -1,0 +1,466 @@
+//! DDL events: parsed (pure) into operations on the target, then applied one at a time
+//! behind a barrier (every applier has flushed). Index options that the sync relaxes
+//! (unique, TTL, hidden) are recorded as the source defines them and restored at finalize.
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+use tracing::info;
+
+use super::catalog;
+use super::checkpoint::{IndexEntry, Store};
+use super::error::{mongo_code, EngineError, Result, Side};
+use super::filter::NamespaceFilter;
+use super::translate::event_ns;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DdlOp {
+    Create {
+        db: String,
+        coll: String,
+        cmd: Document,
+        capped: bool,
+    },
+    CreateIndexes {
+        db: String,
+        coll: String,
+        specs: Vec<Document>,
+    },
+    DropIndexes {
+        db: String,
+        coll: String,
+        names: Vec<String>,
+    },
+    Modify {
+        db: String,
+        coll: String,
+        desc: Document,
+    },
+    Rename {
+        db: String,
+        coll: String,
+        to_db: String,
+        to_coll: String,
+    },
+    Drop {
+        db: String,
+        coll: String,
+    },
+    DropDatabase {
+        db: String,
+    },
+}
+
+impl DdlOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DdlOp::Create { .. } => "create",
+            DdlOp::CreateIndexes { .. } => "createIndexes",
+            DdlOp::DropIndexes { .. } => "dropIndexes",
+            DdlOp::Modify { .. } => "modify",
+            DdlOp::Rename { .. } => "rename",
+            DdlOp::Drop { .. } => "drop",
+            DdlOp::DropDatabase { .. } => "dropDatabase",
+        }
+    }
+}
+
+/// What to do with a DDL event, given the filter. Pure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DdlDecision {
+    Apply(DdlOp),
+    Skip,
+    Fail(String),
+}
+
+pub fn decide(ev: &Document, filter: &NamespaceFilter) -> DdlDecision {
+    let op = ev.get_str("operationType").unwrap_or("");
+    let Some((db, coll)) = event_ns(ev) else {
+        return DdlDecision::Skip;
+    };
+    let empty = Document::new();
+    let desc = ev.get_document("operationDescription").unwrap_or(&empty);
+    if op == "dropDatabase" {
+        return if filter.database_selected(&db) {
+            DdlDecision::Apply(DdlOp::DropDatabase { db })
+        } else {
+            DdlDecision::Skip
+        };
+    }
+    let Some(coll) = coll else {
+        return DdlDecision::Skip;
+    };
+    let selected = filter.selected(&db, &coll);
+    if op == "rename" {
+        let to = desc.get_document("to").or_else(|_| ev.get_document("to"));
+        let Ok(to) = to else {
+            return DdlDecision::Fail(format!("a rename of {db}.{coll} names no target"));
+        };
+        let (to_db, to_coll) = (
+            to.get_str("db").unwrap_or_default().to_string(),
+            to.get_str("coll").unwrap_or_default().to_string(),
+        );
+        let to_selected = filter.selected(&to_db, &to_coll);
+        return match (selected, to_selected) {
+            (true, true) => DdlDecision::Apply(DdlOp::Rename {
+                db,
+                coll,
+                to_db,
+                to_coll,
+            }),
+            (true, false) => DdlDecision::Apply(DdlOp::Drop { db, coll }),
+            (false, true) => DdlDecision::Fail(format!(
+                "{db}.{coll} was renamed to {to_db}.{to_coll}, which the namespace filter selects \
+                 although the source collection is not selected; its documents were never copied. \
+                 Include both names (or neither) and start over with reset"
+            )),
+            (false, false) => DdlDecision::Skip,
+        };
+    }
+    if !selected {
+        return DdlDecision::Skip;
+    }
+    match op {
+        "create" => {
+            let is_view = desc.contains_key("viewOn");
+            let entry = super::checkpoint::CollectionEntry {
+                coll: coll.clone(),
+                kind: if is_view { "view" } else { "collection" }.into(),
+                options: desc.clone(),
+                ..Default::default()
+            };
+            if desc.contains_key("timeseries") {
+                return DdlDecision::Skip;
+            }
+            DdlDecision::Apply(DdlOp::Create {
+                capped: desc.get_bool("capped").unwrap_or(false),
+                cmd: catalog::create_command(&entry),
+                db,
+                coll,
+            })
+        }
+        "createIndexes" => DdlDecision::Apply(DdlOp::CreateIndexes {
+            db,
+            coll,
+            specs: index_list(desc),
+        }),
+        "dropIndexes" => DdlDecision::Apply(DdlOp::DropIndexes {
+            db,
+            coll,
+            names: index_list(desc)
+                .iter()
+                .filter_map(|s| s.get_str("name").ok().map(str::to_string))
+                .collect(),
+        }),
+        "modify" => DdlDecision::Apply(DdlOp::Modify {
+            db,
+            coll,
+            desc: desc.clone(),
+        }),
+        "drop" => DdlDecision::Apply(DdlOp::Drop { db, coll }),
+        _ => DdlDecision::Skip,
+    }
+}
+
+fn index_list(desc: &Document) -> Vec<Document> {
+    desc.get_array("indexes")
+        .map(|a| a.iter().filter_map(|i| i.as_document().cloned()).collect())
+        .unwrap_or_default()
+}
+
+/// Split a `modify` description into the index options to record (applied at finalize)
+/// and the `collMod` fields to apply now. Pure.
+pub fn split_modify(desc: &Document) -> (Option<Document>, Document) {
+    let mut now = Document::new();
+    let mut index = None;
+    for (k, v) in desc {
+        match k.as_str() {
+            "index" => index = v.as_document().cloned(),
+            // Server bookkeeping, not options.
+            "collMod" | "uuid" => {}
+            _ => {
+                now.insert(k, v.clone());
+            }
+        }
+    }
+    (index, now)
+}
+
+/// Codes that mean the target is already past this DDL (a replay): skip.
+const ALREADY_DONE: &[i32] = &[26, 27, 48, 68, 85, 86, 167];
+
+async fn run(target: &Client, db: &str, cmd: Document, what: &str) -> Result<()> {
+    match target.database(db).run_command(cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) if mongo_code(&e).is_some_and(|c| ALREADY_DONE.contains(&c)) => Ok(()),
+        Err(e) => Err(EngineError::mongo(Side::Target, what, e)),
+    }
+}
+
+/// Apply one DDL operation to the target and the index catalog.
+pub async fn apply(
+    target: &Client,
+    store: &Store,
+    filter: &NamespaceFilter,
+    op: &DdlOp,
+) -> Result<()> {
+    info!(op = op.name(), detail = ?ddl_summary(op), "applying DDL");
+    match op {
+        DdlOp::Create { db, coll, cmd, .. } => {
+            run(target, db, doc! {"drop": coll}, "replaying a create").await?;
+            store
+                .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
+                .await?;
+            run(target, db, cmd.clone(), &format!("creating {db}.{coll}")).await
+        }
+        DdlOp::CreateIndexes { db, coll, specs } => {
+            let ns = format!("{db}.{coll}");
+            let specs: Vec<Document> = specs
+                .iter()
+                .filter(|s| s.get_str("name") != Ok("_id_"))
+                .cloned()
+                .collect();
+            for s in &specs {
+                let name = s.get_str("name").unwrap_or_default().to_string();
+                store
+                    .save_index(&IndexEntry {
+                        id: format!("{ns}#{name}"),
+                        ns: ns.clone(),
+                        name,
+                        spec: catalog::normalize_index(s),
+                    })
+                    .await?;
+            }
+            catalog::create_relaxed_indexes(target, db, coll, &specs).await
+        }
+        DdlOp::DropIndexes { db, coll, names } => {
+            let ns = format!("{db}.{coll}");
+            for n in names {
+                run(
+                    target,
+                    db,
+                    doc! {"dropIndexes": coll, "index": n},
+                    &format!("dropping index {n} of {ns}"),
+                )
+                .await?;
+                store.delete_indexes(doc! {"_id": format!("{ns}#{n}")}).await?;
+            }
+            Ok(())
+        }
+        DdlOp::Modify { db, coll, desc } => {
+            let ns = format!("{db}.{coll}");
+            let (index, now) = split_modify(desc);
+            if let Some(ix) = index {
+                record_index_options(target, store, db, coll, &ns, &ix).await?;
+            }
+            if now.is_empty() {
+                return Ok(());
+            }
+            let mut cmd = doc! {"collMod": coll};
+            cmd.extend(now);
+            run(target, db, cmd, &format!("modifying {ns}")).await
+        }
+        DdlOp::Rename {
+            db,
+            coll,
+            to_db,
+            to_coll,
+        } => {
+            let (from, to) = (format!("{db}.{coll}"), format!("{to_db}.{to_coll}"));
+            run(
+                target,
+                "admin",
+                doc! {"renameCollection": &from, "to": &to, "dropTarget": true},
+                &format!("renaming {from} to {to}"),
+            )
+            .await?;
+            store.delete_indexes(doc! {"ns": &to}).await?;
+            for mut e in store.all_indexes().await?.into_iter().filter(|e| e.ns == from) {
+                store.delete_indexes(doc! {"_id": &e.id}).await?;
+                e.ns = to.clone();
+                e.id = format!("{to}#{}", e.name);
+                store.save_index(&e).await?;
+            }
+            Ok(())
+        }
+        DdlOp::Drop { db, coll } => {
+            store
+                .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
+                .await?;
+            run(target, db, doc! {"drop": coll}, &format!("dropping {db}.{coll}")).await
+        }
+        DdlOp::DropDatabase { db } => {
+            let names = target
+                .database(db)
+                .list_collection_names()
+                .await
+                .map_err(|e| EngineError::mongo(Side::Target, "dropping a database", e))?;
+            for c in names.iter().filter(|c| filter.selected(db, c)) {
+                store
+                    .delete_indexes(doc! {"ns": format!("{db}.{c}")})
+                    .await?;
+                run(target, db, doc! {"drop": c}, &format!("dropping {db}.{c}")).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Record changed index options (hidden, TTL, unique, prepareUnique) in the catalog; the
+/// target keeps its relaxed index until finalize.
+async fn record_index_options(
+    _target: &Client,
+    store: &Store,
+    _db: &str,
+    _coll: &str,
+    ns: &str,
+    ix: &Document,
+) -> Result<()> {
+    let entries = store.all_indexes().await?;
+    let found = entries.into_iter().find(|e| {
+        e.ns == ns
+            && (ix.get_str("name").ok() == Some(e.name.as_str())
+                || ix.get("keyPattern").is_some_and(|k| e.spec.get("key") == Some(k)))
+    });
+    let Some(mut e) = found else {
+        return Ok(());
+    };
+    for (k, v) in ix {
+        if matches!(k.as_str(), "name" | "keyPattern") {
+            continue;
+        }
+        if v == &Bson::Boolean(false) {
+            e.spec.remove(k);
+        } else {
+            e.spec.insert(k, v.clone());
+        }
+    }
+    e.spec = catalog::normalize_index(&e.spec);
+    store.save_index(&e).await
+}
+
+fn ddl_summary(op: &DdlOp) -> String {
+    match op {
+        DdlOp::Create { db, coll, .. }
+        | DdlOp::CreateIndexes { db, coll, .. }
+        | DdlOp::DropIndexes { db, coll, .. }
+        | DdlOp::Modify { db, coll, .. }
+        | DdlOp::Drop { db, coll } => format!("{db}.{coll}"),
+        DdlOp::Rename {
+            db,
+            coll,
+            to_db,
+            to_coll,
+        } => format!("{db}.{coll} -> {to_db}.{to_coll}"),
+        DdlOp::DropDatabase { db } => db.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(op: &str, coll: Option<&str>, desc: Document) -> Document {
+        let mut ns = doc! {"db": "app"};
+        if let Some(c) = coll {
+            ns.insert("coll", c);
+        }
+        doc! {"operationType": op, "ns": ns, "operationDescription": desc}
+    }
+
+    fn all() -> NamespaceFilter {
+        NamespaceFilter::default()
+    }
+
+    #[test]
+    fn create_collection_and_view() {
+        let d = decide(
+            &ev("create", Some("c"), doc! {"idIndex": {"v": 2}, "capped": true, "size": 100}),
+            &all(),
+        );
+        assert_eq!(
+            d,
+            DdlDecision::Apply(DdlOp::Create {
+                db: "app".into(),
+                coll: "c".into(),
+                cmd: doc! {"create": "c", "capped": true, "size": 100},
+                capped: true
+            })
+        );
+        let v = decide(
+            &ev("create", Some("v"), doc! {"viewOn": "c", "pipeline": []}),
+            &all(),
+        );
+        let DdlDecision::Apply(DdlOp::Create { cmd, .. }) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(cmd, doc! {"create": "v", "viewOn": "c", "pipeline": []});
+    }
+
+    #[test]
+    fn renames_across_the_filter() {
+        let f = NamespaceFilter::new(&["app.*".to_string()], &["app.tmp".to_string()])
+            .expect("filter");
+        let r = |from: &str, to: &str| {
+            decide(
+                &ev("rename", Some(from), doc! {"to": {"db": "app", "coll": to}}),
+                &f,
+            )
+        };
+        assert!(matches!(r("a", "b"), DdlDecision::Apply(DdlOp::Rename { .. })));
+        assert!(matches!(r("a", "tmp"), DdlDecision::Apply(DdlOp::Drop { .. })));
+        assert!(matches!(r("tmp", "a"), DdlDecision::Fail(_)));
+        let other = decide(
+            &doc! {"operationType": "rename", "ns": {"db": "x", "coll": "a"},
+            "operationDescription": {"to": {"db": "x", "coll": "b"}}},
+            &f,
+        );
+        assert_eq!(other, DdlDecision::Skip);
+    }
+
+    #[test]
+    fn unselected_is_skipped() {
+        let f = NamespaceFilter::new(&["app.a".to_string()], &[]).expect("filter");
+        assert_eq!(decide(&ev("drop", Some("b"), doc! {}), &f), DdlDecision::Skip);
+        assert!(matches!(
+            decide(&ev("drop", Some("a"), doc! {}), &f),
+            DdlDecision::Apply(DdlOp::Drop { .. })
+        ));
+        assert!(matches!(
+            decide(&ev("dropDatabase", None, doc! {}), &f),
+            DdlDecision::Apply(DdlOp::DropDatabase { .. })
+        ));
+    }
+
+    #[test]
+    fn modify_splits_index_options() {
+        let (ix, now) = split_modify(
+            &doc! {"index": {"name": "a_1", "hidden": true}, "validationLevel": "off"},
+        );
+        assert_eq!(ix, Some(doc! {"name": "a_1", "hidden": true}));
+        assert_eq!(now, doc! {"validationLevel": "off"});
+    }
+
+    #[test]
+    fn index_events() {
+        let d = decide(
+            &ev("createIndexes", Some("c"), doc! {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1", "unique": true}]}),
+            &all(),
+        );
+        let DdlDecision::Apply(DdlOp::CreateIndexes { specs, .. }) = d else {
+            panic!()
+        };
+        assert_eq!(specs.len(), 1);
+        let d = decide(
+            &ev("dropIndexes", Some("c"), doc! {"indexes": [{"name": "a_1", "key": {"a": 1}}]}),
+            &all(),
+        );
+        assert_eq!(
+            d,
+            DdlDecision::Apply(DdlOp::DropIndexes {
+                db: "app".into(),
+                coll: "c".into(),
+                names: vec!["a_1".into()]
+            })
+        );
+    }
+}

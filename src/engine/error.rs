@@ -1,0 +1,222 @@
+//! Engine errors: each carries a message a user can act on, and a class that decides whether
+//! the engine retries from its checkpoint or stops in `failed`.
+
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use thiserror::Error;
+
+/// Which side of the migration an error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("cannot reach the {side} deployment: {detail}. Check the URI, the network and that the server is up")]
+    Unreachable { side: Side, detail: String },
+    #[error("authentication to the {side} deployment failed: {detail}. Check the user name and password (and authSource)")]
+    AuthFailed { side: Side, detail: String },
+    #[error("the {side} deployment is not a replica set (change streams need one); run it as a replica set, even of one member")]
+    NotReplicaSet { side: Side },
+    #[error(
+        "the source's oplog no longer holds the resume point {resume_point} (oldest entry {oldest}): change-stream history lost. \
+         The migration cannot continue from its checkpoint. Enlarge the source's oplog (replSetResizeOplog) so it covers \
+         the pauses and the copy, then start over with reset"
+    )]
+    HistoryLost {
+        resume_point: String,
+        oldest: String,
+    },
+    #[error("unexpected DDL on the source: {0}")]
+    UnexpectedDdl(String),
+    #[error("another worker took over this migration's target (lease epoch {theirs}, ours {ours}); this worker stopped writing")]
+    Fenced { ours: i64, theirs: i64 },
+    #[error("the {side} deployment's user lacks a privilege: {detail}. See docs/permissions.md for the roles to grant")]
+    Unauthorized { side: Side, detail: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the target already holds {0}, which this migration would overwrite; drop it, exclude it, or start with reset if an earlier mongoferry run created it")]
+    TargetNotEmpty(String),
+    #[error("{side} error during {during}: {source}")]
+    Mongo {
+        side: Side,
+        during: String,
+        #[source]
+        source: MongoError,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How the engine reacts to an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network, failover, a restarting server: retry from the checkpoint after a backoff.
+    Transient,
+    /// Needs a person: stop in `failed` with the message.
+    Fatal,
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// The server error code of a driver error, if any.
+pub fn mongo_code(e: &MongoError) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|v| v.first().map(|w| w.code))
+            .or_else(|| m.write_concern_error.as_ref().map(|w| w.code)),
+        _ => None,
+    }
+}
+
+/// Codes that mean "the server is changing state or busy; try again".
+pub const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 43, 50, 64, 100, 112, 117,
+    133, 234, 251, 10058,
+];
+
+/// Pure classification from the parts of an error.
+pub fn classify_parts(code: Option<i32>, labels: &[&str], network: bool) -> ErrorClass {
+    if network
+        || labels.iter().any(|l| {
+            matches!(
+                *l,
+                "RetryableWriteError"
+                    | "ResumableChangeStreamError"
+                    | "TransientTransactionError"
+                    | "SystemOverloadedError"
+                    | "RetryableError"
+            )
+        })
+    {
+        return ErrorClass::Transient;
+    }
+    match code {
+        Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+pub fn is_network(e: &MongoError) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+    )
+}
+
+pub fn classify_mongo(e: &MongoError) -> ErrorClass {
+    let labels: Vec<&str> = e.labels().iter().map(String::as_str).collect();
+    classify_parts(mongo_code(e), &labels, is_network(e))
+}
+
+impl EngineError {
+    pub fn mongo(side: Side, during: impl Into<String>, source: MongoError) -> Self {
+        if let ErrorKind::Authentication { message, .. } = source.kind.as_ref() {
+            return EngineError::AuthFailed {
+                side,
+                detail: message.clone(),
+            };
+        }
+        match mongo_code(&source) {
+            Some(18) => EngineError::AuthFailed {
+                side,
+                detail: source.to_string(),
+            },
+            Some(13) => EngineError::Unauthorized {
+                side,
+                detail: source.to_string(),
+            },
+            _ => EngineError::Mongo {
+                side,
+                during: during.into(),
+                source,
+            },
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Unreachable { .. } => ErrorClass::Transient,
+            EngineError::Mongo { source, .. } => classify_mongo(source),
+            _ => ErrorClass::Fatal,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            EngineError::Unreachable { .. } => "unreachable",
+            EngineError::AuthFailed { .. } => "auth",
+            EngineError::NotReplicaSet { .. } => "topology",
+            EngineError::HistoryLost { .. } => "history_lost",
+            EngineError::UnexpectedDdl(_) => "ddl",
+            EngineError::Fenced { .. } => "fenced",
+            EngineError::Unauthorized { .. } => "unauthorized",
+            EngineError::Invalid(_) => "invalid",
+            EngineError::TargetNotEmpty(_) => "target_not_empty",
+            EngineError::Mongo { .. } => "mongo",
+            EngineError::Other(_) => "other",
+        }
+    }
+}
+
+/// Extension to attach side and step to driver results.
+pub trait MongoContext<T> {
+    fn on(self, side: Side, during: &str) -> Result<T>;
+}
+
+impl<T> MongoContext<T> for std::result::Result<T, MongoError> {
+    fn on(self, side: Side, during: &str) -> Result<T> {
+        self.map_err(|e| EngineError::mongo(side, during, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify_parts(None, &[], true), ErrorClass::Transient);
+        assert_eq!(classify_parts(Some(10107), &[], false), ErrorClass::Transient);
+        assert_eq!(classify_parts(Some(43), &[], false), ErrorClass::Transient);
+        assert_eq!(
+            classify_parts(Some(2), &["RetryableWriteError"], false),
+            ErrorClass::Transient
+        );
+        assert_eq!(classify_parts(Some(286), &[], false), ErrorClass::Fatal);
+        assert_eq!(classify_parts(Some(11000), &[], false), ErrorClass::Fatal);
+        assert_eq!(classify_parts(None, &[], false), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn messages_name_the_fix() {
+        let e = EngineError::HistoryLost {
+            resume_point: "1.1".into(),
+            oldest: "2.1".into(),
+        };
+        let m = e.to_string();
+        assert!(m.contains("history lost") && m.contains("oplog") && m.contains("reset"));
+        assert_eq!(e.class(), ErrorClass::Fatal);
+        let e = EngineError::NotReplicaSet { side: Side::Source };
+        assert!(e.to_string().contains("replica set"));
+    }
+}

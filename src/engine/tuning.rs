@@ -1,0 +1,133 @@
+//! Tuning knobs with their defaults, resolved from a start request. Pure.
+
+use crate::api::StartRequest;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    pub parallel_collections: usize,
+    pub read_workers: usize,
+    pub insert_workers: usize,
+    /// Target bytes of one insert batch.
+    pub batch_bytes: u64,
+    /// Bytes of documents in flight between readers and inserters, in KiB.
+    pub budget_kib: u32,
+    /// Target bytes of one copy partition.
+    pub partition_bytes: u64,
+    pub repl_workers: usize,
+    pub bulk_ops: usize,
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Tuning {
+            parallel_collections: 2,
+            read_workers: cpus.clamp(2, 8),
+            insert_workers: (cpus * 2).clamp(4, 16),
+            batch_bytes: 4 * MIB,
+            budget_kib: (48 * MIB / 1024) as u32,
+            partition_bytes: 64 * MIB,
+            repl_workers: cpus.clamp(4, 16),
+            bulk_ops: 1000,
+        }
+    }
+}
+
+/// Upper bounds that keep a typo from exhausting memory.
+pub const MAX_WORKERS: u32 = 256;
+pub const MAX_BATCH_BYTES: u64 = 64 * MIB;
+pub const MAX_BULK_OPS: u32 = 100_000;
+
+/// Resolve tuning from a request, refusing out-of-range values with a message.
+pub fn resolve(req: &StartRequest) -> Result<Tuning, String> {
+    let mut t = Tuning::default();
+    let w = |name: &str, v: Option<u32>, dst: &mut usize| -> Result<(), String> {
+        match v {
+            None => Ok(()),
+            Some(0) => Err(format!("{name} must be at least 1")),
+            Some(n) if n > MAX_WORKERS => Err(format!("{name} must be at most {MAX_WORKERS}")),
+            Some(n) => {
+                *dst = n as usize;
+                Ok(())
+            }
+        }
+    };
+    if let Some(c) = &req.clone {
+        w("clone.parallelCollections", c.parallel_collections, &mut t.parallel_collections)?;
+        w("clone.readWorkers", c.read_workers, &mut t.read_workers)?;
+        w("clone.insertWorkers", c.insert_workers, &mut t.insert_workers)?;
+        if let Some(b) = c.batch_bytes {
+            if !(64 * 1024..=MAX_BATCH_BYTES).contains(&b) {
+                return Err(format!(
+                    "clone.batchBytes must be between 65536 and {MAX_BATCH_BYTES}"
+                ));
+            }
+            t.batch_bytes = b;
+            // Keep room for a few batches per insert worker.
+            t.budget_kib = t.budget_kib.max((b * 3 / 1024) as u32);
+        }
+    }
+    if let Some(r) = &req.replication {
+        w("replication.workers", r.workers, &mut t.repl_workers)?;
+        if let Some(b) = r.bulk_ops {
+            if b == 0 || b > MAX_BULK_OPS {
+                return Err(format!(
+                    "replication.bulkOps must be between 1 and {MAX_BULK_OPS}"
+                ));
+            }
+            t.bulk_ops = b as usize;
+        }
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CloneTuning, ReplicationTuning};
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d = resolve(&StartRequest::default()).expect("defaults");
+        assert_eq!(d, Tuning::default());
+        let r = StartRequest {
+            clone: Some(CloneTuning {
+                read_workers: Some(3),
+                batch_bytes: Some(MIB),
+                ..Default::default()
+            }),
+            replication: Some(ReplicationTuning {
+                workers: Some(2),
+                bulk_ops: Some(50),
+            }),
+            ..Default::default()
+        };
+        let t = resolve(&r).expect("valid");
+        assert_eq!((t.read_workers, t.batch_bytes, t.repl_workers, t.bulk_ops), (3, MIB, 2, 50));
+    }
+
+    #[test]
+    fn refuses_out_of_range() {
+        let bad = |c: CloneTuning| {
+            resolve(&StartRequest {
+                clone: Some(c),
+                ..Default::default()
+            })
+            .unwrap_err()
+        };
+        assert!(bad(CloneTuning {
+            read_workers: Some(0),
+            ..Default::default()
+        })
+        .contains("at least 1"));
+        assert!(bad(CloneTuning {
+            batch_bytes: Some(10),
+            ..Default::default()
+        })
+        .contains("batchBytes"));
+    }
+}

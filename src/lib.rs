@@ -1,0 +1,9 @@
+//! mongoferry: live MongoDB migrations — the replication engine (`engine`), its HTTP API
+//! (`server`), the CLI, and (in later modules) the Kubernetes operator.
+
+pub mod api;
+pub mod cli;
+pub mod engine;
+pub mod server;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,100 @@
+use clap::Parser;
+
+use mongoferry::api::{CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, StartRequest, VerifyMode};
+use mongoferry::cli::client::{self, Client};
+use mongoferry::cli::{Cli, VerifyArg, Verb};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    mongoferry::telemetry::init(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
+    match v {
+        Verb::Worker(a) => mongoferry::worker::run(a).await,
+        Verb::Start(a) => {
+            let c = Client::new(&a.client)?;
+            let any = |v: &[Option<u64>]| v.iter().any(Option::is_some);
+            let clone = any(&[
+                a.clone_parallel_collections.map(u64::from),
+                a.clone_read_workers.map(u64::from),
+                a.clone_insert_workers.map(u64::from),
+                a.clone_batch_bytes,
+            ])
+            .then(|| CloneTuning {
+                parallel_collections: a.clone_parallel_collections,
+                read_workers: a.clone_read_workers,
+                insert_workers: a.clone_insert_workers,
+                batch_bytes: a.clone_batch_bytes,
+            });
+            let replication = (a.repl_workers.is_some() || a.repl_bulk_ops.is_some()).then(|| ReplicationTuning {
+                workers: a.repl_workers,
+                bulk_ops: a.repl_bulk_ops,
+            });
+            let req = StartRequest {
+                include_namespaces: a.include,
+                exclude_namespaces: a.exclude,
+                clone,
+                replication,
+                reset: a.reset,
+            };
+            print_json(&c.post("/start", &req).await?);
+            Ok(())
+        }
+        Verb::Pause(a) => {
+            print_json(&Client::new(&a)?.post("/pause", &serde_json::json!({})).await?);
+            Ok(())
+        }
+        Verb::Resume(a) => {
+            let req = ResumeRequest {
+                from_failure: a.from_failure,
+            };
+            print_json(&Client::new(&a.client)?.post("/resume", &req).await?);
+            Ok(())
+        }
+        Verb::Finalize(a) => {
+            let req = FinalizeRequest {
+                verify: match a.verify {
+                    VerifyArg::Full => VerifyMode::Full,
+                    VerifyArg::Counts => VerifyMode::Counts,
+                    VerifyArg::None => VerifyMode::None,
+                },
+                block_source_writes: a.block_source_writes,
+            };
+            print_json(&Client::new(&a.client)?.post("/finalize", &req).await?);
+            Ok(())
+        }
+        Verb::Status(a) => {
+            let c = Client::new(&a.client)?;
+            let s = if a.watch {
+                client::watch(&c, a.interval).await?
+            } else {
+                c.status().await?
+            };
+            print_json(&serde_json::to_value(&s)?);
+            if s.ok {
+                Ok(())
+            } else {
+                Err(s.error.unwrap_or_else(|| "the migration reports an error".into()).into())
+            }
+        }
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

@@ -1,0 +1,210 @@
+//! Worker metrics (Prometheus, prefix `mongoferry_`). Every name here is documented in
+//! docs/metrics.md, and a test keeps the two lists equal.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::api::State;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_read: IntCounter,
+    pub events_applied: IntCounter,
+    pub copy_read_bytes: IntCounter,
+    pub copy_read_documents: IntCounter,
+    pub copy_insert_bytes: IntCounter,
+    pub copy_insert_documents: IntCounter,
+    pub copy_partitions_skipped: IntCounter,
+    pub estimated_total_bytes: IntGauge,
+    pub lag_seconds: Gauge,
+    pub applier_queue_depth: IntGaugeVec,
+    pub flush_duration: Histogram,
+    pub flush_ops: Histogram,
+    pub ddl_applied: IntCounterVec,
+    pub refetches: IntCounter,
+    pub errors: IntCounterVec,
+    pub state: IntGaugeVec,
+    pub verify_documents: IntCounter,
+    pub verify_mismatches: IntGauge,
+    pub index_restore_failures: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("mongoferry_{name}"), help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("mongoferry_{name}"), help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let applier_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "mongoferry_applier_queue_depth",
+                "Events waiting in each replication applier's queue",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(applier_queue_depth.clone()))
+            .expect("unique metric");
+        let flush_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mongoferry_flush_duration_seconds",
+                "Duration of one applier bulk flush to the target",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(flush_duration.clone()))
+            .expect("unique metric");
+        let flush_ops = Histogram::with_opts(
+            HistogramOpts::new(
+                "mongoferry_flush_operations",
+                "Write operations in one applier bulk flush",
+            )
+            .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(flush_ops.clone())).expect("unique metric");
+        let ddl_applied = IntCounterVec::new(
+            Opts::new(
+                "mongoferry_ddl_applied_total",
+                "DDL events applied to the target, by operation",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(ddl_applied.clone())).expect("unique metric");
+        let errors = IntCounterVec::new(
+            Opts::new("mongoferry_errors_total", "Errors met by the engine, by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(errors.clone())).expect("unique metric");
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "mongoferry_state",
+                "1 for the engine's current state, 0 for the others",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(state.clone())).expect("unique metric");
+        let lag_seconds = Gauge::new(
+            "mongoferry_lag_seconds",
+            "Source cluster time minus the op time of the last applied event",
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag_seconds.clone())).expect("unique metric");
+        let m = Metrics {
+            events_read: counter(&r, "events_read_total", "Change events read from the source"),
+            events_applied: counter(
+                &r,
+                "events_applied_total",
+                "Change events applied to the target",
+            ),
+            copy_read_bytes: counter(
+                &r,
+                "copy_read_bytes_total",
+                "Bytes of documents read from the source by the copy",
+            ),
+            copy_read_documents: counter(
+                &r,
+                "copy_read_documents_total",
+                "Documents read from the source by the copy",
+            ),
+            copy_insert_bytes: counter(
+                &r,
+                "copy_insert_bytes_total",
+                "Bytes of documents inserted into the target by the copy",
+            ),
+            copy_insert_documents: counter(
+                &r,
+                "copy_insert_documents_total",
+                "Documents inserted into the target by the copy",
+            ),
+            copy_partitions_skipped: counter(
+                &r,
+                "copy_partitions_skipped_total",
+                "Copy partitions found finished by an earlier run and not copied again",
+            ),
+            estimated_total_bytes: int_gauge(
+                &r,
+                "estimated_total_bytes",
+                "Estimated bytes of all selected collections",
+            ),
+            refetches: counter(
+                &r,
+                "refetches_total",
+                "Update events applied by re-reading the document from the source",
+            ),
+            verify_documents: counter(
+                &r,
+                "verify_documents_total",
+                "Documents compared by finalize's verification",
+            ),
+            verify_mismatches: int_gauge(
+                &r,
+                "verify_mismatches",
+                "Differences found by the last verification",
+            ),
+            index_restore_failures: int_gauge(
+                &r,
+                "index_restore_failures",
+                "Indexes finalize could not restore to their source definition",
+            ),
+            lag_seconds,
+            applier_queue_depth,
+            flush_duration,
+            flush_ops,
+            ddl_applied,
+            errors,
+            state,
+            registry: r,
+        };
+        m.set_state(State::Idle);
+        m
+    }
+
+    pub fn set_state(&self, s: State) {
+        for st in State::ALL {
+            self.state
+                .with_label_values(&[st.as_str()])
+                .set(i64::from(st == s));
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Names of every metric family (for the docs test).
+    pub fn names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
