@@ -1,13 +1,18 @@
 use clap::Parser;
 
-use mongoferry::api::{CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, StartRequest, VerifyMode};
+use mongoferry::api::{
+    CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, StartRequest, VerifyMode,
+};
 use mongoferry::cli::client::{self, Client};
-use mongoferry::cli::{Cli, VerifyArg, Verb};
+use mongoferry::cli::{Cli, Verb, VerifyArg};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     mongoferry::telemetry::init(cli.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -41,9 +46,11 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                 insert_workers: a.clone_insert_workers,
                 batch_bytes: a.clone_batch_bytes,
             });
-            let replication = (a.repl_workers.is_some() || a.repl_bulk_ops.is_some()).then(|| ReplicationTuning {
-                workers: a.repl_workers,
-                bulk_ops: a.repl_bulk_ops,
+            let replication = (a.repl_workers.is_some() || a.repl_bulk_ops.is_some()).then(|| {
+                ReplicationTuning {
+                    workers: a.repl_workers,
+                    bulk_ops: a.repl_bulk_ops,
+                }
             });
             let req = StartRequest {
                 include_namespaces: a.include,
@@ -56,7 +63,11 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Verb::Pause(a) => {
-            print_json(&Client::new(&a)?.post("/pause", &serde_json::json!({})).await?);
+            print_json(
+                &Client::new(&a)?
+                    .post("/pause", &serde_json::json!({}))
+                    .await?,
+            );
             Ok(())
         }
         Verb::Resume(a) => {
@@ -89,7 +100,10 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
             if s.ok {
                 Ok(())
             } else {
-                Err(s.error.unwrap_or_else(|| "the migration reports an error".into()).into())
+                Err(s
+                    .error
+                    .unwrap_or_else(|| "the migration reports an error".into())
+                    .into())
             }
         }
     }

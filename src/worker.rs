@@ -37,18 +37,26 @@ pub fn read_secret(path: &Path, what: &'static str) -> Result<String, WorkerErro
 
 /// Both endpoints from the arguments, passwords read from their files.
 pub fn endpoints(a: &EndpointArgs) -> Result<(Endpoint, Endpoint), WorkerError> {
-    let pw = |p: &Option<std::path::PathBuf>, what| p.as_deref().map(|p| read_secret(p, what)).transpose();
+    let pw = |p: &Option<std::path::PathBuf>, what| {
+        p.as_deref().map(|p| read_secret(p, what)).transpose()
+    };
     let src = Endpoint {
         uri: a.source.clone(),
         username: a.source_username.clone(),
         password: pw(&a.source_password_file, "the source password")?,
-        tls_ca_file: a.source_tls_ca_file.as_ref().map(|p| p.display().to_string()),
+        tls_ca_file: a
+            .source_tls_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
     };
     let dst = Endpoint {
         uri: a.target.clone(),
         username: a.target_username.clone(),
         password: pw(&a.target_password_file, "the target password")?,
-        tls_ca_file: a.target_tls_ca_file.as_ref().map(|p| p.display().to_string()),
+        tls_ca_file: a
+            .target_tls_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
     };
     if src.uri == dst.uri {
         return Err(WorkerError::Config(
@@ -90,13 +98,14 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let app = crate::server::router(engine.clone(), token);
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot watch SIGTERM");
-                return std::future::pending().await;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot watch SIGTERM");
+                    return std::future::pending().await;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},

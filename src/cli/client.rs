@@ -84,12 +84,17 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("{e}: {text}")))
     }
 
-    pub async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<serde_json::Value, ClientError> {
+    pub async fn post<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<serde_json::Value, ClientError> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn status(&self) -> Result<WorkerStatus, ClientError> {
-        self.call(reqwest::Method::GET, "/status", None::<&()>).await
+        self.call(reqwest::Method::GET, "/status", None::<&()>)
+            .await
     }
 }
 
@@ -108,7 +113,12 @@ fn human_bytes(b: u64) -> String {
 pub fn summary(s: &WorkerStatus) -> String {
     let mut parts = vec![format!("state={}", s.state)];
     if let Some(p) = s.phase {
-        parts.push(format!("phase={}", serde_json::to_string(&p).unwrap_or_default().trim_matches('"')));
+        parts.push(format!(
+            "phase={}",
+            serde_json::to_string(&p)
+                .unwrap_or_default()
+                .trim_matches('"')
+        ));
     }
     if let Some(l) = s.lag_time_seconds {
         parts.push(format!("lag={l:.1}s"));
@@ -172,7 +182,12 @@ mod tests {
         s.initial_sync.estimated_clone_size_bytes = 2048;
         s.initial_sync.cloned_size_bytes = 1024;
         let t = summary(&s);
-        assert!(t.contains("state=running") && t.contains("lag=1.2s") && t.contains("copied=1.0 KiB/2.0 KiB"), "{t}");
+        assert!(
+            t.contains("state=running")
+                && t.contains("lag=1.2s")
+                && t.contains("copied=1.0 KiB/2.0 KiB"),
+            "{t}"
+        );
         assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
     }
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "mongoferry", version, about = "Live, zero-downtime MongoDB migrations")]
+#[command(
+    name = "mongoferry",
+    version,
+    about = "Live, zero-downtime MongoDB migrations"
+)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "MONGOFERRY_LOG_JSON")]
@@ -74,7 +78,11 @@ pub struct WorkerArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Worker API base URL.
-    #[arg(long, env = "MONGOFERRY_WORKER", default_value = "http://127.0.0.1:2242")]
+    #[arg(
+        long,
+        env = "MONGOFERRY_WORKER",
+        default_value = "http://127.0.0.1:2242"
+    )]
     pub worker: String,
     /// File holding the API token (or set MONGOFERRY_API_TOKEN).
     #[arg(long, env = "MONGOFERRY_API_TOKEN_FILE")]

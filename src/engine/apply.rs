@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 
 use super::checkpoint::Checkpoint;
 use super::ddl::{self, DdlDecision, DdlOp};
-use super::error::{classify_mongo, mongo_code, EngineError, ErrorClass, MongoContext, Result, Side};
+use super::error::{
+    classify_mongo, mongo_code, EngineError, ErrorClass, MongoContext, Result, Side,
+};
 use super::filter::NamespaceFilter;
 use super::optime;
 use super::translate::{self, Translated, WriteOp};
@@ -112,7 +114,9 @@ pub async fn replicate(
         senders.push(tx);
         let ctx = ctx.clone();
         let bulk = tuning.bulk_ops;
-        handles.push(tokio::spawn(async move { applier(ctx, id, rx, bulk).await }));
+        handles.push(tokio::spawn(
+            async move { applier(ctx, id, rx, bulk).await },
+        ));
     }
 
     let mut markers: VecDeque<Marker> = VecDeque::new();
@@ -126,17 +130,20 @@ pub async fn replicate(
             if cancel.is_cancelled() {
                 break;
             }
+            // The source's time before asking: an empty answer means caught up to it.
+            let asked_at = ctx.live.source_now();
             let next = stream
                 .next_if_any()
                 .await
                 .map_err(|e| stream_error(e, resume_ts))?;
             let mut idle = false;
+            let mut token_ts = None;
             match next {
                 Some(raw) => {
                     let size = raw.as_bytes().len();
-                    let ev: Document = raw
-                        .to_document()
-                        .map_err(|e| EngineError::Other(format!("undecodable change event: {e}")))?;
+                    let ev: Document = raw.to_document().map_err(|e| {
+                        EngineError::Other(format!("undecodable change event: {e}"))
+                    })?;
                     let ts = ev.get_timestamp("clusterTime").unwrap_or(dispatched_ts);
                     if cutoff.is_some_and(|c| ts > c) {
                         outcome = ReplOutcome::ReachedCutoff;
@@ -144,8 +151,18 @@ pub async fn replicate(
                     }
                     ctx.metrics.events_read.inc();
                     ctx.live.events_read.fetch_add(1, Ordering::Relaxed);
-                    dispatch(ctx, &ev, size, &filter, &mut capped, &senders, &budget, &mut markers, tuning)
-                        .await?;
+                    dispatch(
+                        ctx,
+                        &ev,
+                        size,
+                        &filter,
+                        &mut capped,
+                        &senders,
+                        &budget,
+                        &mut markers,
+                        tuning,
+                    )
+                    .await?;
                     dispatched_ts = dispatched_ts.max(ts);
                 }
                 None => {
@@ -157,8 +174,12 @@ pub async fn replicate(
                         .and_then(|b| optime::token_timestamp(&b));
                     if let Some(t) = tok {
                         // The token's time may hold events not yet returned; stay just below it.
-                        let below = Timestamp { time: t.time, increment: t.increment.saturating_sub(1) };
+                        let below = Timestamp {
+                            time: t.time,
+                            increment: t.increment.saturating_sub(1),
+                        };
                         dispatched_ts = dispatched_ts.max(below);
+                        token_ts = Some(t);
                     }
                 }
             }
@@ -170,10 +191,18 @@ pub async fn replicate(
                 last_marker = Instant::now();
             }
             settle(ctx, &mut markers, false).await?;
-            if let Some(c) = cutoff {
-                if idle && markers.is_empty() && ctx.live.applied() >= c {
-                    outcome = ReplOutcome::ReachedCutoff;
-                    break;
+            if idle && markers.is_empty() {
+                if let Some(t) = asked_at {
+                    ctx.live.set_caught_up(t);
+                }
+                if let Some(c) = cutoff {
+                    // Every event up to the cutoff was returned: the post-batch token says
+                    // so where it carries a time; otherwise an empty batch asked for after
+                    // the cutoff was taken (this run starts after it) does.
+                    if token_ts.is_none_or(|t| t >= c) || ctx.live.applied() >= c {
+                        outcome = ReplOutcome::ReachedCutoff;
+                        break;
+                    }
                 }
             }
             if last_save.elapsed() >= CHECKPOINT_INTERVAL {
@@ -247,32 +276,46 @@ async fn dispatch(
             DdlDecision::Fail(m) => return Err(EngineError::UnexpectedDdl(m)),
             DdlDecision::Apply(op) => {
                 // Barrier: everything before the DDL is written first.
-                let ts = ev
-                    .get_timestamp("clusterTime")
-                    .unwrap_or(Timestamp { time: 0, increment: 0 });
+                let ts = ev.get_timestamp("clusterTime").unwrap_or(Timestamp {
+                    time: 0,
+                    increment: 0,
+                });
                 let before = Timestamp {
                     time: ts.time,
                     increment: ts.increment.saturating_sub(1),
                 };
                 markers.push_back(send_marker(senders, before).await?);
                 settle(ctx, markers, true).await?;
-                ddl::apply(&ctx.target, &ctx.store, filter, &op).await?;
+                ddl::apply(&ctx.source, &ctx.target, &ctx.store, filter, &op).await?;
                 ctx.live.set_applied(ts);
                 match &op {
-                    DdlOp::Create { db, coll, capped: true, .. } => {
+                    DdlOp::Create {
+                        db,
+                        coll,
+                        capped: true,
+                        ..
+                    } => {
                         capped.insert(format!("{db}.{coll}"));
                     }
                     DdlOp::Drop { db, coll } => {
                         capped.remove(&format!("{db}.{coll}"));
                     }
-                    DdlOp::Rename { db, coll, to_db, to_coll } => {
+                    DdlOp::Rename {
+                        db,
+                        coll,
+                        to_db,
+                        to_coll,
+                    } => {
                         if capped.remove(&format!("{db}.{coll}")) {
                             capped.insert(format!("{to_db}.{to_coll}"));
                         }
                     }
                     _ => {}
                 }
-                ctx.metrics.ddl_applied.with_label_values(&[op.name()]).inc();
+                ctx.metrics
+                    .ddl_applied
+                    .with_label_values(&[op.name()])
+                    .inc();
                 ctx.metrics.events_applied.inc();
                 ctx.live.events_applied.fetch_add(1, Ordering::Relaxed);
             }
@@ -364,7 +407,11 @@ pub async fn check_oplog_floor(source: &Client, from: Timestamp) -> Result<()> {
             if let Ok(ts) = d.get_timestamp("ts") {
                 if ts > from {
                     return Err(EngineError::HistoryLost {
-                        resume_point: format!("{} ({})", optime::ts_string(from), optime::ts_iso(from)),
+                        resume_point: format!(
+                            "{} ({})",
+                            optime::ts_string(from),
+                            optime::ts_iso(from)
+                        ),
                         oldest: format!("{} ({})", optime::ts_string(ts), optime::ts_iso(ts)),
                     });
                 }
@@ -401,7 +448,12 @@ async fn applier(ctx: Arc<Ctx>, id: usize, mut rx: mpsc::Receiver<Msg>, bulk_ops
     let label = id.to_string();
     while let Some(msg) = rx.recv().await {
         match msg {
-            Msg::Op { db, coll, op, _permit } => {
+            Msg::Op {
+                db,
+                coll,
+                op,
+                _permit,
+            } => {
                 if failed.is_some() {
                     continue;
                 }
@@ -493,11 +545,17 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
     let mut refetch: Vec<Document> = Vec::new();
     for op in ops {
         match op {
-            WriteOp::Upsert { ref filter, ref doc } => {
+            WriteOp::Upsert {
+                ref filter,
+                ref doc,
+            } => {
                 let stmt = doc! {"q": filter.clone(), "u": doc.clone(), "upsert": true};
                 updates.push((stmt, op));
             }
-            WriteOp::Update { ref filter, updates: ref u } if u.len() == 1 => {
+            WriteOp::Update {
+                ref filter,
+                updates: ref u,
+            } if u.len() == 1 => {
                 let stmt = doc! {"q": filter.clone(), "u": u[0].clone()};
                 updates.push((stmt, op));
             }
@@ -515,7 +573,9 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
         let len = if stmt.is_empty() {
             usize::MAX
         } else {
-            mongodb::bson::to_vec(&stmt).map(|v| v.len()).unwrap_or(usize::MAX)
+            mongodb::bson::to_vec(&stmt)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX)
         };
         if len >= BIG_STATEMENT {
             write_alone(ctx, db, coll, &op).await?;
@@ -534,7 +594,9 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
             let cmd = doc! {"delete": coll, "deletes": chunk.to_vec(), "ordered": false};
             let reply = retrying(ctx, &ctx.target.database(db), &cmd, "deleting").await?;
             if let Some(e) = first_write_error(&reply) {
-                return Err(EngineError::Other(format!("deleting in {db}.{coll} failed: {e}")));
+                return Err(EngineError::Other(format!(
+                    "deleting in {db}.{coll} failed: {e}"
+                )));
             }
         }
     }
@@ -545,18 +607,26 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
 }
 
 /// Run an `update` command; returns the filters of updates the target refused (to re-read).
-async fn run_updates(ctx: &Ctx, db: &str, coll: &str, batch: Vec<(Document, WriteOp)>) -> Result<Vec<Document>> {
+async fn run_updates(
+    ctx: &Ctx,
+    db: &str,
+    coll: &str,
+    batch: Vec<(Document, WriteOp)>,
+) -> Result<Vec<Document>> {
     if batch.is_empty() {
         return Ok(vec![]);
     }
     let stmts: Vec<Document> = batch.iter().map(|(s, _)| s.clone()).collect();
-    let cmd = doc! {"update": coll, "updates": stmts, "ordered": false, "bypassDocumentValidation": true};
+    let cmd =
+        doc! {"update": coll, "updates": stmts, "ordered": false, "bypassDocumentValidation": true};
     let reply = retrying(ctx, &ctx.target.database(db), &cmd, "updating").await?;
     let mut refetch = Vec::new();
     if let Ok(errs) = reply.get_array("writeErrors") {
         for e in errs.iter().filter_map(Bson::as_document) {
             let idx = catalog_num(e.get("index")) as usize;
-            let Some((_, op)) = batch.get(idx) else { continue };
+            let Some((_, op)) = batch.get(idx) else {
+                continue;
+            };
             let code = catalog_num(e.get("code"));
             match op {
                 // The target's document cannot take this update (its shape differs from the
@@ -587,7 +657,12 @@ fn first_write_error(reply: &Document) -> Option<String> {
         .ok()
         .and_then(|a| a.first())
         .map(|e| e.to_string())
-        .or_else(|| reply.get_document("writeConcernError").ok().map(|d| d.to_string()))
+        .or_else(|| {
+            reply
+                .get_document("writeConcernError")
+                .ok()
+                .map(|d| d.to_string())
+        })
 }
 
 async fn write_alone(ctx: &Ctx, db: &str, coll: &str, op: &WriteOp) -> Result<()> {
@@ -609,7 +684,11 @@ async fn write_alone(ctx: &Ctx, db: &str, coll: &str, op: &WriteOp) -> Result<()
                     .await
                 {
                     if classify_mongo(&e) == ErrorClass::Transient {
-                        return Err(EngineError::mongo(Side::Target, format!("writing to {ns}"), e));
+                        return Err(EngineError::mongo(
+                            Side::Target,
+                            format!("writing to {ns}"),
+                            e,
+                        ));
                     }
                     return refetch_one(ctx, db, coll, filter.clone()).await;
                 }
@@ -656,13 +735,21 @@ async fn refetch_one(ctx: &Ctx, db: &str, coll: &str, filter: Document) -> Resul
 
 /// Run a target command, retrying transient errors for up to a minute (every write the
 /// appliers issue is idempotent).
-async fn retrying(ctx: &Ctx, db: &mongodb::Database, cmd: &Document, what: &str) -> Result<Document> {
+async fn retrying(
+    ctx: &Ctx,
+    db: &mongodb::Database,
+    cmd: &Document,
+    what: &str,
+) -> Result<Document> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
         match db.run_command(cmd.clone()).await {
             Ok(d) => return Ok(d),
-            Err(e) if classify_mongo(&e) == ErrorClass::Transient && started.elapsed() < Duration::from_secs(60) => {
+            Err(e)
+                if classify_mongo(&e) == ErrorClass::Transient
+                    && started.elapsed() < Duration::from_secs(60) =>
+            {
                 ctx.metrics.errors.with_label_values(&["apply_retry"]).inc();
                 warn!(error = %e, "transient error while {what}; retrying");
                 tokio::time::sleep(delay).await;

@@ -106,7 +106,11 @@ pub async fn estimate(source: &Client, db: &str, coll: &str) -> Result<(i64, i64
         .await
         .on(Side::Source, "estimating collection size")?;
     let mut out = (0, 0);
-    if let Some(r) = cur.try_next().await.on(Side::Source, "estimating collection size")? {
+    if let Some(r) = cur
+        .try_next()
+        .await
+        .on(Side::Source, "estimating collection size")?
+    {
         out = (num(r.get("b")), num(r.get("n")));
     }
     Ok(out)
@@ -170,7 +174,12 @@ pub async fn create_on_target(target: &Client, e: &CollectionEntry, owned: bool)
 }
 
 /// Index specs of a source collection, without `_id_` and clustered indexes.
-pub async fn list_indexes(client: &Client, side: Side, db: &str, coll: &str) -> Result<Vec<Document>> {
+pub async fn list_indexes(
+    client: &Client,
+    side: Side,
+    db: &str,
+    coll: &str,
+) -> Result<Vec<Document>> {
     let res = client
         .database(db)
         .run_cursor_command(doc! {"listIndexes": coll})
@@ -223,7 +232,12 @@ pub fn normalize_index(spec: &Document) -> Document {
 }
 
 /// Build relaxed indexes on the target; indexes that already exist are left alone.
-pub async fn create_relaxed_indexes(target: &Client, db: &str, coll: &str, specs: &[Document]) -> Result<()> {
+pub async fn create_relaxed_indexes(
+    target: &Client,
+    db: &str,
+    coll: &str,
+    specs: &[Document],
+) -> Result<()> {
     for spec in specs {
         let relaxed = relax_index(spec);
         let r = target
@@ -237,7 +251,10 @@ pub async fn create_relaxed_indexes(target: &Client, db: &str, coll: &str, specs
             Err(e) => {
                 return Err(EngineError::mongo(
                     Side::Target,
-                    format!("building index {} on {db}.{coll}", spec.get_str("name").unwrap_or("?")),
+                    format!(
+                        "building index {} on {db}.{coll}",
+                        spec.get_str("name").unwrap_or("?")
+                    ),
                     e,
                 ))
             }
@@ -253,7 +270,7 @@ mod tests {
     #[test]
     fn relaxes_unique_ttl_hidden() {
         let spec = doc! {"v": 2, "key": {"a": 1}, "name": "a_1", "unique": true,
-            "expireAfterSeconds": 60, "hidden": true, "partialFilterExpression": {"a": {"$gt": 1}}};
+        "expireAfterSeconds": 60, "hidden": true, "partialFilterExpression": {"a": {"$gt": 1}}};
         let r = relax_index(&spec);
         assert_eq!(
             r,
@@ -268,8 +285,8 @@ mod tests {
             coll: "c".into(),
             kind: "collection".into(),
             options: doc! {"capped": true, "size": 4096, "max": 10, "uuid": 1,
-                "collation": {"locale": "fr"}, "validator": {"a": {"$type": "int"}},
-                "validationLevel": "moderate"},
+            "collation": {"locale": "fr"}, "validator": {"a": {"$type": "int"}},
+            "validationLevel": "moderate"},
             ..Default::default()
         };
         assert_eq!(

@@ -155,8 +155,7 @@ impl Store {
             .and_then(|d| d.get("epoch"))
             .and_then(Bson::as_i64)
             .unwrap_or(1);
-        self.epoch
-            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
         let cp = self.load().await?;
         Ok(match cp {
             Some(cp) if cp.saved_at.is_some() => cp,
@@ -312,9 +311,21 @@ impl Store {
             .await
             .on(Side::Target, "reading copy progress")?;
         let mut out = (0, 0);
-        while let Some(d) = cur.try_next().await.on(Side::Target, "reading copy progress")? {
-            out.0 = d.get("d").and_then(Bson::as_i64).or_else(|| d.get_i32("d").ok().map(i64::from)).unwrap_or(0);
-            out.1 = d.get("b").and_then(Bson::as_i64).or_else(|| d.get_i32("b").ok().map(i64::from)).unwrap_or(0);
+        while let Some(d) = cur
+            .try_next()
+            .await
+            .on(Side::Target, "reading copy progress")?
+        {
+            out.0 = d
+                .get("d")
+                .and_then(Bson::as_i64)
+                .or_else(|| d.get_i32("d").ok().map(i64::from))
+                .unwrap_or(0);
+            out.1 = d
+                .get("b")
+                .and_then(Bson::as_i64)
+                .or_else(|| d.get_i32("b").ok().map(i64::from))
+                .unwrap_or(0);
         }
         Ok(out)
     }

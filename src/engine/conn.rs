@@ -43,12 +43,7 @@ pub fn redact_uri(uri: &str) -> String {
         Some(at) => {
             let userinfo = &authority[..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}://{}:****@{}",
-                &uri[..scheme_end],
-                user,
-                &rest[at + 1..]
-            )
+            format!("{}://{}:****@{}", &uri[..scheme_end], user, &rest[at + 1..])
         }
         None => uri.to_string(),
     }
@@ -144,7 +139,10 @@ fn connect_error(side: Side, e: mongodb::error::Error) -> EngineError {
 
 /// The deployment's current cluster time (the `operationTime` of a no-op read).
 pub async fn cluster_time(client: &Client, side: Side) -> Result<Timestamp> {
-    let mut session = client.start_session().await.on(side, "reading cluster time")?;
+    let mut session = client
+        .start_session()
+        .await
+        .on(side, "reading cluster time")?;
     client
         .database("admin")
         .run_command(doc! {"ping": 1})

@@ -65,8 +65,12 @@ pub async fn run(
         .filter(|c| c.kind == "collection")
         .collect();
     let (done_docs, done_bytes) = ctx.store.copied_totals().await?;
-    ctx.live.cloned_docs.store(done_docs as u64, Ordering::Relaxed);
-    ctx.live.cloned_bytes.store(done_bytes as u64, Ordering::Relaxed);
+    ctx.live
+        .cloned_docs
+        .store(done_docs as u64, Ordering::Relaxed);
+    ctx.live
+        .cloned_bytes
+        .store(done_bytes as u64, Ordering::Relaxed);
     ctx.live.collections_completed.store(
         pending.iter().filter(|c| c.copied).count() as u64,
         Ordering::Relaxed,
@@ -89,10 +93,16 @@ pub async fn run(
                 let Some(job) = job else { break };
                 let r = insert_batch(&ctx, &job.db, &job.coll, &job.docs, false).await;
                 if r.is_ok() {
-                    ctx.metrics.copy_insert_documents.inc_by(job.docs.len() as u64);
+                    ctx.metrics
+                        .copy_insert_documents
+                        .inc_by(job.docs.len() as u64);
                     ctx.metrics.copy_insert_bytes.inc_by(job.bytes);
-                    ctx.live.cloned_docs.fetch_add(job.docs.len() as u64, Ordering::Relaxed);
-                    ctx.live.cloned_bytes.fetch_add(job.bytes, Ordering::Relaxed);
+                    ctx.live
+                        .cloned_docs
+                        .fetch_add(job.docs.len() as u64, Ordering::Relaxed);
+                    ctx.live
+                        .cloned_bytes
+                        .fetch_add(job.bytes, Ordering::Relaxed);
                 }
                 let _ = job.done.send(r);
             }
@@ -185,7 +195,12 @@ async fn build_catalog(
     c.warnings.extend(warnings);
     ctx.metrics.estimated_total_bytes.set(bytes);
     ctx.store.save(&mut c).await?;
-    info!(collections = total, bytes, documents = docs, "catalog created on target");
+    info!(
+        collections = total,
+        bytes,
+        documents = docs,
+        "catalog created on target"
+    );
     Ok(())
 }
 
@@ -207,7 +222,9 @@ async fn copy_collection(
     if !c.planned || parts.is_empty() {
         parts = plan_collection(ctx, &c, tuning).await?;
         ctx.store.save_partitions(&parts).await?;
-        ctx.store.mark_collection(&c.ns, doc! {"planned": true}).await?;
+        ctx.store
+            .mark_collection(&c.ns, doc! {"planned": true})
+            .await?;
     }
     let skipped = parts.iter().filter(|p| p.done).count();
     ctx.metrics.copy_partitions_skipped.inc_by(skipped as u64);
@@ -254,7 +271,9 @@ async fn copy_collection(
     ctx.store
         .mark_collection(&c.ns, doc! {"copied": true, "indexesBuilt": true})
         .await?;
-    ctx.live.collections_completed.fetch_add(1, Ordering::Relaxed);
+    ctx.live
+        .collections_completed
+        .fetch_add(1, Ordering::Relaxed);
     info!(ns = %c.ns, indexes = specs.len(), "collection copied");
     Ok(true)
 }
@@ -280,15 +299,8 @@ async fn plan_collection(
         for (b, (n, seen)) in &cen.brackets {
             if *n > per_partition {
                 let f = partition::bracket_filter(*b, seen, only);
-                let s = partition::split_points(
-                    &ctx.source,
-                    &c.db,
-                    &c.coll,
-                    f,
-                    *n,
-                    per_partition,
-                )
-                .await?;
+                let s = partition::split_points(&ctx.source, &c.db, &c.coll, f, *n, per_partition)
+                    .await?;
                 splits.insert(*b, s);
             }
         }
@@ -355,7 +367,9 @@ async fn copy_partition(
                 insert_batch(ctx, &c.db, &c.coll, &docs, true).await?;
                 ctx.metrics.copy_insert_documents.inc_by(docs.len() as u64);
                 ctx.metrics.copy_insert_bytes.inc_by(bytes);
-                ctx.live.cloned_docs.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                ctx.live
+                    .cloned_docs
+                    .fetch_add(docs.len() as u64, Ordering::Relaxed);
                 ctx.live.cloned_bytes.fetch_add(bytes, Ordering::Relaxed);
             } else {
                 let kib = ((bytes / 1024).max(1) as u32).min(tuning.budget_kib);
@@ -390,7 +404,9 @@ async fn copy_partition(
     if stopped {
         return Ok(false);
     }
-    ctx.store.mark_partition_done(&p.id, docs_n, bytes_n).await?;
+    ctx.store
+        .mark_partition_done(&p.id, docs_n, bytes_n)
+        .await?;
     Ok(true)
 }
 
@@ -427,7 +443,11 @@ async fn insert_batch(
                         let r = c.insert_one(d).bypass_document_validation(true).await;
                         if let Err(e) = r {
                             if super::error::mongo_code(&e) != Some(11000) {
-                                return Err(EngineError::mongo(Side::Target, format!("inserting into {db}.{coll}"), e));
+                                return Err(EngineError::mongo(
+                                    Side::Target,
+                                    format!("inserting into {db}.{coll}"),
+                                    e,
+                                ));
                             }
                         }
                     }
@@ -437,7 +457,10 @@ async fn insert_batch(
         }
         attempt += 1;
         if classify_mongo(&e) == ErrorClass::Transient && attempt < 8 {
-            ctx.metrics.errors.with_label_values(&["copy_insert_retry"]).inc();
+            ctx.metrics
+                .errors
+                .with_label_values(&["copy_insert_retry"])
+                .inc();
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             continue;
         }

@@ -198,6 +198,7 @@ async fn run(target: &Client, db: &str, cmd: Document, what: &str) -> Result<()>
 
 /// Apply one DDL operation to the target and the index catalog.
 pub async fn apply(
+    source: &Client,
     target: &Client,
     store: &Store,
     filter: &NamespaceFilter,
@@ -242,16 +243,26 @@ pub async fn apply(
                     &format!("dropping index {n} of {ns}"),
                 )
                 .await?;
-                store.delete_indexes(doc! {"_id": format!("{ns}#{n}")}).await?;
+                store
+                    .delete_indexes(doc! {"_id": format!("{ns}#{n}")})
+                    .await?;
             }
             Ok(())
         }
         DdlOp::Modify { db, coll, desc } => {
             let ns = format!("{db}.{coll}");
             let (index, now) = split_modify(desc);
+            let had_index = index.is_some();
             if let Some(ix) = index {
                 record_index_options(target, store, db, coll, &ns, &ix).await?;
             }
+            let now = if now.is_empty() && !had_index {
+                // Some servers send `modify` without its description: take the options
+                // from the source as they are now (later events re-apply later changes).
+                current_options(source, db, coll).await?
+            } else {
+                now
+            };
             if now.is_empty() {
                 return Ok(());
             }
@@ -274,7 +285,12 @@ pub async fn apply(
             )
             .await?;
             store.delete_indexes(doc! {"ns": &to}).await?;
-            for mut e in store.all_indexes().await?.into_iter().filter(|e| e.ns == from) {
+            for mut e in store
+                .all_indexes()
+                .await?
+                .into_iter()
+                .filter(|e| e.ns == from)
+            {
                 store.delete_indexes(doc! {"_id": &e.id}).await?;
                 e.ns = to.clone();
                 e.id = format!("{to}#{}", e.name);
@@ -286,7 +302,13 @@ pub async fn apply(
             store
                 .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
                 .await?;
-            run(target, db, doc! {"drop": coll}, &format!("dropping {db}.{coll}")).await
+            run(
+                target,
+                db,
+                doc! {"drop": coll},
+                &format!("dropping {db}.{coll}"),
+            )
+            .await
         }
         DdlOp::DropDatabase { db } => {
             let names = target
@@ -305,6 +327,36 @@ pub async fn apply(
     }
 }
 
+/// The `collMod`-able options of a source collection or view, as they are now.
+async fn current_options(source: &Client, db: &str, coll: &str) -> Result<Document> {
+    let specs = catalog::list_collection_specs(source, db).await?;
+    let Some(spec) = specs.into_iter().find(|s| s.get_str("name") == Ok(coll)) else {
+        return Ok(Document::new());
+    };
+    let opts = spec.get_document("options").cloned().unwrap_or_default();
+    let mut out = Document::new();
+    let keys: &[&str] = if spec.get_str("type") == Ok("view") {
+        &["viewOn", "pipeline"]
+    } else {
+        &["validator", "validationLevel", "validationAction"]
+    };
+    for k in keys {
+        if let Some(v) = opts.get(*k) {
+            out.insert(*k, v.clone());
+        }
+    }
+    if spec.get_str("type") != Ok("view") && opts.contains_key("validator") {
+        out.entry("validationLevel".into())
+            .or_insert(Bson::String("strict".into()));
+        out.entry("validationAction".into())
+            .or_insert(Bson::String("error".into()));
+    } else if spec.get_str("type") != Ok("view") {
+        // No validator on the source: clear any on the target.
+        out.insert("validator", Document::new());
+    }
+    Ok(out)
+}
+
 /// Record changed index options (hidden, TTL, unique, prepareUnique) in the catalog; the
 /// target keeps its relaxed index until finalize.
 async fn record_index_options(
@@ -319,7 +371,9 @@ async fn record_index_options(
     let found = entries.into_iter().find(|e| {
         e.ns == ns
             && (ix.get_str("name").ok() == Some(e.name.as_str())
-                || ix.get("keyPattern").is_some_and(|k| e.spec.get("key") == Some(k)))
+                || ix
+                    .get("keyPattern")
+                    .is_some_and(|k| e.spec.get("key") == Some(k)))
     });
     let Some(mut e) = found else {
         return Ok(());
@@ -374,7 +428,11 @@ mod tests {
     #[test]
     fn create_collection_and_view() {
         let d = decide(
-            &ev("create", Some("c"), doc! {"idIndex": {"v": 2}, "capped": true, "size": 100}),
+            &ev(
+                "create",
+                Some("c"),
+                doc! {"idIndex": {"v": 2}, "capped": true, "size": 100},
+            ),
             &all(),
         );
         assert_eq!(
@@ -398,16 +456,22 @@ mod tests {
 
     #[test]
     fn renames_across_the_filter() {
-        let f = NamespaceFilter::new(&["app.*".to_string()], &["app.tmp".to_string()])
-            .expect("filter");
+        let f =
+            NamespaceFilter::new(&["app.*".to_string()], &["app.tmp".to_string()]).expect("filter");
         let r = |from: &str, to: &str| {
             decide(
                 &ev("rename", Some(from), doc! {"to": {"db": "app", "coll": to}}),
                 &f,
             )
         };
-        assert!(matches!(r("a", "b"), DdlDecision::Apply(DdlOp::Rename { .. })));
-        assert!(matches!(r("a", "tmp"), DdlDecision::Apply(DdlOp::Drop { .. })));
+        assert!(matches!(
+            r("a", "b"),
+            DdlDecision::Apply(DdlOp::Rename { .. })
+        ));
+        assert!(matches!(
+            r("a", "tmp"),
+            DdlDecision::Apply(DdlOp::Drop { .. })
+        ));
         assert!(matches!(r("tmp", "a"), DdlDecision::Fail(_)));
         let other = decide(
             &doc! {"operationType": "rename", "ns": {"db": "x", "coll": "a"},
@@ -420,7 +484,10 @@ mod tests {
     #[test]
     fn unselected_is_skipped() {
         let f = NamespaceFilter::new(&["app.a".to_string()], &[]).expect("filter");
-        assert_eq!(decide(&ev("drop", Some("b"), doc! {}), &f), DdlDecision::Skip);
+        assert_eq!(
+            decide(&ev("drop", Some("b"), doc! {}), &f),
+            DdlDecision::Skip
+        );
         assert!(matches!(
             decide(&ev("drop", Some("a"), doc! {}), &f),
             DdlDecision::Apply(DdlOp::Drop { .. })
@@ -443,7 +510,11 @@ mod tests {
     #[test]
     fn index_events() {
         let d = decide(
-            &ev("createIndexes", Some("c"), doc! {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1", "unique": true}]}),
+            &ev(
+                "createIndexes",
+                Some("c"),
+                doc! {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1", "unique": true}]},
+            ),
             &all(),
         );
         let DdlDecision::Apply(DdlOp::CreateIndexes { specs, .. }) = d else {
@@ -451,7 +522,11 @@ mod tests {
         };
         assert_eq!(specs.len(), 1);
         let d = decide(
-            &ev("dropIndexes", Some("c"), doc! {"indexes": [{"name": "a_1", "key": {"a": 1}}]}),
+            &ev(
+                "dropIndexes",
+                Some("c"),
+                doc! {"indexes": [{"name": "a_1", "key": {"a": 1}}]},
+            ),
             &all(),
         );
         assert_eq!(

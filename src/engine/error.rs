@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn classification() {
         assert_eq!(classify_parts(None, &[], true), ErrorClass::Transient);
-        assert_eq!(classify_parts(Some(10107), &[], false), ErrorClass::Transient);
+        assert_eq!(
+            classify_parts(Some(10107), &[], false),
+            ErrorClass::Transient
+        );
         assert_eq!(classify_parts(Some(43), &[], false), ErrorClass::Transient);
         assert_eq!(
             classify_parts(Some(2), &["RetryableWriteError"], false),

@@ -48,7 +48,11 @@ pub async fn check_write_blocking(source: &Client) -> Result<()> {
              applications' writes yourself and finalize without blockSourceWrites"
                 .into(),
         )),
-        Err(e) => Err(EngineError::mongo(Side::Source, "checking write blocking", e)),
+        Err(e) => Err(EngineError::mongo(
+            Side::Source,
+            "checking write blocking",
+            e,
+        )),
     }
 }
 
@@ -61,14 +65,22 @@ pub async fn block_writes(source: &Client, on: bool) -> Result<()> {
     Ok(())
 }
 
-async fn save_step(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>, f: impl FnOnce(&mut FinalizationReport)) -> Result<()> {
+async fn save_step(
+    ctx: &Ctx,
+    cp: &Arc<Mutex<Checkpoint>>,
+    f: impl FnOnce(&mut FinalizationReport),
+) -> Result<()> {
     let mut c = cp.lock().await;
     let r = c.finalization.get_or_insert_with(Default::default);
     f(r);
     ctx.store.save(&mut c).await
 }
 
-pub async fn run(ctx: &Arc<Ctx>, cp: &Arc<Mutex<Checkpoint>>, _cancel: &CancellationToken) -> Result<()> {
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    cp: &Arc<Mutex<Checkpoint>>,
+    _cancel: &CancellationToken,
+) -> Result<()> {
     let (mode, filter) = {
         let c = cp.lock().await;
         (
@@ -78,7 +90,9 @@ pub async fn run(ctx: &Arc<Ctx>, cp: &Arc<Mutex<Checkpoint>>, _cancel: &Cancella
         )
     };
     save_step(ctx, cp, |r| r.step = "indexes".into()).await?;
-    let entries = ctx.store.all_indexes().await?;
+    // The source's definitions at the cutoff are the truth (some servers do not describe
+    // index changes in their change events, so the recorded catalog may lag behind).
+    let entries = source_indexes(ctx, &filter).await?;
     let mut restored = 0u64;
     let mut failed = Vec::new();
     for e in &entries {
@@ -124,7 +138,8 @@ pub async fn run(ctx: &Arc<Ctx>, cp: &Arc<Mutex<Checkpoint>>, _cancel: &Cancella
         ));
     }
     if mode == VerifyMode::None {
-        r.warnings.push("verification was skipped (verify: none)".into());
+        r.warnings
+            .push("verification was skipped (verify: none)".into());
     }
     r.verification = Some(report);
     r.step = "done".into();
@@ -134,6 +149,37 @@ pub async fn run(ctx: &Arc<Ctx>, cp: &Arc<Mutex<Checkpoint>>, _cancel: &Cancella
     c.state = State::Finalized;
     ctx.store.save(&mut c).await?;
     Ok(())
+}
+
+/// Every index of the selected source collections, as defined now.
+async fn source_indexes(ctx: &Ctx, filter: &NamespaceFilter) -> Result<Vec<IndexEntry>> {
+    let mut out = Vec::new();
+    let dbs = ctx
+        .source
+        .list_database_names()
+        .await
+        .map_err(|e| EngineError::mongo(Side::Source, "listing databases", e))?;
+    for db in dbs.into_iter().filter(|d| filter.database_selected(d)) {
+        for spec in catalog::list_collection_specs(&ctx.source, &db).await? {
+            let coll = spec.get_str("name").unwrap_or_default().to_string();
+            if spec.get_str("type").unwrap_or("collection") != "collection"
+                || !filter.selected(&db, &coll)
+            {
+                continue;
+            }
+            let ns = format!("{db}.{coll}");
+            for ix in catalog::list_indexes(&ctx.source, Side::Source, &db, &coll).await? {
+                let name = ix.get_str("name").unwrap_or_default().to_string();
+                out.push(IndexEntry {
+                    id: format!("{ns}#{name}"),
+                    ns: ns.clone(),
+                    name,
+                    spec: catalog::normalize_index(&ix),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Bring one target index to its source definition: `collMod` where the server can change
@@ -156,10 +202,9 @@ async fn restore_index(target: &Client, e: &IndexEntry) -> std::result::Result<(
         let now = catalog::list_indexes(target, Side::Target, db, coll)
             .await
             .map_err(|e| e.to_string())?;
-        if now
-            .iter()
-            .any(|s| s.get_str("name") == Ok(e.name.as_str()) && catalog::normalize_index(s) == want)
-        {
+        if now.iter().any(|s| {
+            s.get_str("name") == Ok(e.name.as_str()) && catalog::normalize_index(s) == want
+        }) {
             return Ok(());
         }
     }
@@ -190,7 +235,13 @@ async fn restore_index(target: &Client, e: &IndexEntry) -> std::result::Result<(
 }
 
 /// Change unique / TTL / hidden in place (unique via prepareUnique, then unique).
-async fn try_coll_mod(target: &Client, db: &str, coll: &str, name: &str, want: &Document) -> mongodb::error::Result<()> {
+async fn try_coll_mod(
+    target: &Client,
+    db: &str,
+    coll: &str,
+    name: &str,
+    want: &Document,
+) -> mongodb::error::Result<()> {
     let d = target.database(db);
     let mut steps: Vec<Document> = Vec::new();
     if want.get_bool("unique") == Ok(true) {
@@ -202,7 +253,8 @@ async fn try_coll_mod(target: &Client, db: &str, coll: &str, name: &str, want: &
     }
     steps.push(doc! {"name": name, "hidden": want.get_bool("hidden").unwrap_or(false)});
     for s in steps {
-        d.run_command(doc! {"collMod": coll, "index": Bson::Document(s)}).await?;
+        d.run_command(doc! {"collMod": coll, "index": Bson::Document(s)})
+            .await?;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ struct Text {
 pub struct Live {
     applied: AtomicU64,
     source_now: AtomicU64,
+    /// Source time up to which the stream was seen empty with nothing left to apply.
+    caught_up: AtomicU64,
     pub events_read: AtomicU64,
     pub events_applied: AtomicU64,
     pub cloned_bytes: AtomicU64,
@@ -47,6 +49,7 @@ fn unpack(v: u64) -> Option<Timestamp> {
 impl Live {
     /// Load counters from a checkpoint (worker start, reset).
     pub fn restore(&self, cp: &Checkpoint) {
+        self.caught_up.store(0, Ordering::Relaxed);
         self.applied.store(
             cp.resume_ts.or(cp.start_ts).map(pack).unwrap_or(0),
             Ordering::SeqCst,
@@ -72,6 +75,14 @@ impl Live {
             time: 0,
             increment: 0,
         })
+    }
+
+    pub fn source_now(&self) -> Option<Timestamp> {
+        unpack(self.source_now.load(Ordering::Relaxed))
+    }
+
+    pub fn set_caught_up(&self, ts: Timestamp) {
+        self.caught_up.fetch_max(pack(ts), Ordering::Relaxed);
     }
 
     pub fn set_source_now(&self, ts: Timestamp) {
@@ -136,7 +147,11 @@ impl Live {
     /// Lag of the applied op time behind the source, in seconds.
     pub fn lag(&self) -> Option<f64> {
         let now = unpack(self.source_now.load(Ordering::Relaxed))?;
-        let applied = unpack(self.applied.load(Ordering::SeqCst))?;
+        let applied = unpack(
+            self.applied
+                .load(Ordering::SeqCst)
+                .max(self.caught_up.load(Ordering::Relaxed)),
+        )?;
         Some(optime::lag_seconds(applied, now))
     }
 
@@ -163,8 +178,8 @@ impl Live {
             return s;
         }
         let clone_completed = cp.clone_completed;
-        let completed = clone_completed
-            && matches!((applied, cp.copy_finish_ts), (Some(a), Some(f)) if a >= f);
+        let completed =
+            clone_completed && matches!((applied, cp.copy_finish_ts), (Some(a), Some(f)) if a >= f);
         let est = cp.estimated_bytes.max(0) as u64;
         let eta = if clone_completed {
             Some(0.0)
@@ -173,8 +188,7 @@ impl Live {
                 let (t0, b0) = (*g)?;
                 let secs = t0.elapsed().as_secs_f64();
                 let rate = (cloned_bytes.saturating_sub(b0)) as f64 / secs.max(0.001);
-                (rate > 0.0 && secs > 1.0)
-                    .then(|| (est.saturating_sub(cloned_bytes)) as f64 / rate)
+                (rate > 0.0 && secs > 1.0).then(|| (est.saturating_sub(cloned_bytes)) as f64 / rate)
             })
         };
         s.initial_sync = InitialSync {
@@ -188,7 +202,10 @@ impl Live {
             collections_completed: self.collections_completed.load(Ordering::Relaxed),
             eta_seconds: eta,
         };
-        if matches!(state, State::Running | State::Paused | State::Finalizing | State::Failed | State::Finalized) {
+        if matches!(
+            state,
+            State::Running | State::Paused | State::Finalizing | State::Failed | State::Finalized
+        ) {
             s.lag_time_seconds = self.lag();
         }
         if clone_completed {

@@ -30,9 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{
-    FinalizeRequest, Phase, StartRequest, State, WorkerStatus,
-};
+use crate::api::{FinalizeRequest, Phase, StartRequest, State, WorkerStatus};
 use crate::telemetry::metrics::Metrics;
 use checkpoint::{Checkpoint, Store};
 use error::{EngineError, ErrorClass, Result, Side};
@@ -141,18 +139,26 @@ impl Engine {
                 Err(e) if e.class() == ErrorClass::Transient => {
                     self.ctx.live.set_info(format!("waiting: {e}"));
                     warn!(error = %e, "cannot start yet; retrying");
-                    self.ctx.metrics.errors.with_label_values(&[e.kind_label()]).inc();
+                    self.ctx
+                        .metrics
+                        .errors
+                        .with_label_values(&[e.kind_label()])
+                        .inc();
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(15));
                 }
                 Err(e) => {
                     error!(error = %e, "cannot start");
-                    self.ctx.metrics.errors.with_label_values(&[e.kind_label()]).inc();
+                    self.ctx
+                        .metrics
+                        .errors
+                        .with_label_values(&[e.kind_label()])
+                        .inc();
                     let mut cp = self.cp.lock().await;
                     cp.state = State::Failed;
                     cp.error = Some(e.to_string());
                     self.publish(&cp);
-                    let _ = self.ready.send(true);
+                    self.ready.send_replace(true);
                     return;
                 }
             }
@@ -178,7 +184,7 @@ impl Engine {
             let cp = self.cp.lock().await;
             self.publish(&cp);
         }
-        let _ = self.ready.send(true);
+        self.ready.send_replace(true);
         if resume {
             let mut ctl = self.control.lock().await;
             self.spawn(&mut ctl);
@@ -203,7 +209,11 @@ impl Engine {
 
     fn facts(&self, cp: &Checkpoint) -> Facts {
         let est = cp.estimated_bytes.max(1) as f64;
-        let done = self.ctx.live.cloned_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let done = self
+            .ctx
+            .live
+            .cloned_bytes
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
         Facts {
             clone_completed: cp.clone_completed,
             copy_percent: ((done / est) * 100.0).clamp(0.0, 100.0) as u8,
@@ -217,7 +227,11 @@ impl Engine {
         tuning::resolve(&req).map_err(CommandError::Invalid)?;
         let mut ctl = self.control.lock().await;
         let mut cp = self.cp.lock().await;
-        let next = state::next_state(cp.state, Command::Start { reset: req.reset }, self.facts(&cp))?;
+        let next = state::next_state(
+            cp.state,
+            Command::Start { reset: req.reset },
+            self.facts(&cp),
+        )?;
         if req.reset || cp.state != State::Idle {
             drop(cp);
             self.stop_pipeline(&mut ctl).await;
@@ -227,7 +241,10 @@ impl Engine {
             *cp = Checkpoint::default();
             self.ctx.live.restore(&cp);
         }
-        cp.options = StartRequest { reset: false, ..req };
+        cp.options = StartRequest {
+            reset: false,
+            ..req
+        };
         cp.state = next;
         cp.error = None;
         self.ctx.store.save(&mut cp).await?;
@@ -242,7 +259,10 @@ impl Engine {
         self.wait_ready().await?;
         let mut ctl = self.control.lock().await;
         let st = { self.cp.lock().await.state };
-        let facts = { let cp = self.cp.lock().await; self.facts(&cp) };
+        let facts = {
+            let cp = self.cp.lock().await;
+            self.facts(&cp)
+        };
         let next = state::next_state(st, Command::Pause, facts)?;
         self.stop_pipeline(&mut ctl).await;
         let mut cp = self.cp.lock().await;
@@ -290,7 +310,9 @@ impl Engine {
         }
         if req.block_source_writes {
             // Refuse before any step is taken when the source cannot block writes.
-            finalize::check_write_blocking(&self.ctx.source).await.map_err(|e| CommandError::Conflict(e.to_string()))?;
+            finalize::check_write_blocking(&self.ctx.source)
+                .await
+                .map_err(|e| CommandError::Conflict(e.to_string()))?;
         }
         self.stop_pipeline(&mut ctl).await;
         let mut cp = self.cp.lock().await;
@@ -301,7 +323,9 @@ impl Engine {
             )));
         }
         if req.block_source_writes {
-            finalize::block_writes(&self.ctx.source, true).await.map_err(|e| CommandError::Conflict(e.to_string()))?;
+            finalize::block_writes(&self.ctx.source, true)
+                .await
+                .map_err(|e| CommandError::Conflict(e.to_string()))?;
         }
         let cutoff = conn::cluster_time(&self.ctx.source, Side::Source).await?;
         cp.cutoff_ts = Some(cutoff);
@@ -340,7 +364,11 @@ impl Engine {
             match r {
                 Ok(()) => return,
                 Err(e) if e.class() == ErrorClass::Transient && !cancel.is_cancelled() => {
-                    self.ctx.metrics.errors.with_label_values(&[e.kind_label()]).inc();
+                    self.ctx
+                        .metrics
+                        .errors
+                        .with_label_values(&[e.kind_label()])
+                        .inc();
                     warn!(error = %e, retry_in = ?delay, "transient error; resuming from the checkpoint");
                     self.ctx.live.set_info(format!("retrying after: {e}"));
                     tokio::select! {
@@ -358,7 +386,11 @@ impl Engine {
                 }
                 Err(e) if cancel.is_cancelled() && e.class() == ErrorClass::Transient => return,
                 Err(e) => {
-                    self.ctx.metrics.errors.with_label_values(&[e.kind_label()]).inc();
+                    self.ctx
+                        .metrics
+                        .errors
+                        .with_label_values(&[e.kind_label()])
+                        .inc();
                     error!(error = %e, "migration failed");
                     let mut cp = self.cp.lock().await;
                     cp.state = State::Failed;
@@ -381,22 +413,40 @@ impl Engine {
         conn::probe(&ctx.target, Side::Target).await?;
         let (opts, clone_done, cutoff, finalizing) = {
             let cp = self.cp.lock().await;
-            (cp.options.clone(), cp.clone_completed, cp.cutoff_ts, cp.state == State::Finalizing)
+            (
+                cp.options.clone(),
+                cp.clone_completed,
+                cp.cutoff_ts,
+                cp.state == State::Finalizing,
+            )
         };
         let tuning = tuning::resolve(&opts).map_err(EngineError::Invalid)?;
         if !clone_done {
-            ctx.live.set_phase(Some(Phase::Copying), "initial sync: copying data");
+            ctx.live
+                .set_phase(Some(Phase::Copying), "initial sync: copying data");
             if copy::run(ctx, &self.cp, &tuning, cancel).await? == copy::CopyOutcome::Stopped {
                 return Ok(());
             }
         }
         ctx.live.set_phase(
             Some(Phase::Replicating),
-            if finalizing { "finalizing: applying events up to the cutoff" } else { "replicating changes" },
+            if finalizing {
+                "finalizing: applying events up to the cutoff"
+            } else {
+                "replicating changes"
+            },
         );
-        let outcome = apply::replicate(ctx, &self.cp, &tuning, cancel, cutoff.filter(|_| finalizing)).await?;
+        let outcome = apply::replicate(
+            ctx,
+            &self.cp,
+            &tuning,
+            cancel,
+            cutoff.filter(|_| finalizing),
+        )
+        .await?;
         if outcome == apply::ReplOutcome::ReachedCutoff && finalizing {
-            ctx.live.set_phase(None, "finalizing: restoring indexes and verifying");
+            ctx.live
+                .set_phase(None, "finalizing: restoring indexes and verifying");
             finalize::run(ctx, &self.cp, cancel).await?;
             let cp = self.cp.lock().await;
             self.publish(&cp);

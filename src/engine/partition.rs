@@ -131,7 +131,10 @@ pub fn bracket_filter(b: Bracket, seen: &[String], only: bool) -> Document {
     let names: Vec<Bson> = if b == Bracket::Other {
         seen.iter().map(|s| Bson::String(s.clone())).collect()
     } else {
-        b.type_names().iter().map(|s| Bson::String((*s).into())).collect()
+        b.type_names()
+            .iter()
+            .map(|s| Bson::String((*s).into()))
+            .collect()
     };
     doc! {"_id": {"$type": names}}
 }
@@ -196,7 +199,9 @@ pub fn plan(
 pub async fn census(source: &Client, db: &str, coll: &str) -> Option<TypeCensus> {
     let c = source.database(db).collection::<Document>(coll);
     let cur = c
-        .aggregate(vec![doc! {"$group": {"_id": {"$type": "$_id"}, "n": {"$sum": 1}}}])
+        .aggregate(vec![
+            doc! {"$group": {"_id": {"$type": "$_id"}, "n": {"$sum": 1}}},
+        ])
         .await
         .ok()?;
     let rows: Vec<Document> = cur.try_collect().await.ok()?;

@@ -90,10 +90,19 @@ mod tests {
 
     #[test]
     fn allowed_transitions() {
-        assert_eq!(next_state(Idle, Start { reset: false }, COPYING), Ok(Running));
+        assert_eq!(
+            next_state(Idle, Start { reset: false }, COPYING),
+            Ok(Running)
+        );
         assert_eq!(next_state(Running, Pause, COPYING), Ok(Paused));
         assert_eq!(
-            next_state(Paused, Resume { from_failure: false }, COPYING),
+            next_state(
+                Paused,
+                Resume {
+                    from_failure: false
+                },
+                COPYING
+            ),
             Ok(Running)
         );
         assert_eq!(
@@ -102,7 +111,10 @@ mod tests {
         );
         assert_eq!(next_state(Running, Finalize, DONE), Ok(Finalizing));
         assert_eq!(next_state(Paused, Finalize, DONE), Ok(Finalizing));
-        assert_eq!(next_state(Finalized, Start { reset: true }, DONE), Ok(Running));
+        assert_eq!(
+            next_state(Finalized, Start { reset: true }, DONE),
+            Ok(Running)
+        );
         assert_eq!(next_state(Failed, Start { reset: true }, DONE), Ok(Running));
     }
 
@@ -134,7 +146,9 @@ mod tests {
             Start { reset: false },
             Start { reset: true },
             Pause,
-            Resume { from_failure: false },
+            Resume {
+                from_failure: false,
+            },
             Resume { from_failure: true },
             Finalize,
         ];

@@ -11,15 +11,22 @@ use mongodb::bson::{doc, Bson, Document};
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
     /// Replace the document, inserting it if absent.
-    Upsert { filter: Document, doc: Document },
+    Upsert {
+        filter: Document,
+        doc: Document,
+    },
     /// Apply these update documents in order; no upsert.
     Update {
         filter: Document,
         updates: Vec<Document>,
     },
-    Delete { filter: Document },
+    Delete {
+        filter: Document,
+    },
     /// Re-read the document from the source; replace it, or delete it if gone.
-    Refetch { filter: Document },
+    Refetch {
+        filter: Document,
+    },
 }
 
 impl WriteOp {
@@ -194,7 +201,9 @@ fn plain_field(s: &str) -> bool {
 /// Whether a value holds a `$`-prefixed field name at any depth (update operators refuse them).
 fn has_dollar_keys(v: &Bson) -> bool {
     match v {
-        Bson::Document(d) => d.iter().any(|(k, v)| k.starts_with('$') || has_dollar_keys(v)),
+        Bson::Document(d) => d
+            .iter()
+            .any(|(k, v)| k.starts_with('$') || has_dollar_keys(v)),
         Bson::Array(a) => a.iter().any(has_dollar_keys),
         _ => false,
     }
@@ -221,7 +230,7 @@ mod tests {
 
     fn ev(op: &str, extra: Document) -> Document {
         let mut d = doc! {"_id": {"_data": "00"}, "operationType": op,
-            "ns": {"db": "app", "coll": "users"}, "documentKey": {"_id": 7}};
+        "ns": {"db": "app", "coll": "users"}, "documentKey": {"_id": 7}};
         d.extend(extra);
         d
     }
@@ -247,7 +256,13 @@ mod tests {
     #[test]
     fn delete_deletes() {
         let t = translate(&ev("delete", doc! {}));
-        assert!(matches!(t, Translated::Crud { op: WriteOp::Delete { .. }, .. }));
+        assert!(matches!(
+            t,
+            Translated::Crud {
+                op: WriteOp::Delete { .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -273,7 +288,7 @@ mod tests {
     #[test]
     fn truncation_comes_first() {
         let u = update_ops(&doc! {"updatedFields": {"arr.1": 5},
-            "removedFields": [], "truncatedArrays": [{"field": "arr", "newSize": 2}]})
+        "removedFields": [], "truncatedArrays": [{"field": "arr", "newSize": 2}]})
         .expect("expressible");
         assert_eq!(
             u,
@@ -292,10 +307,16 @@ mod tests {
             doc! {"updateDescription": {"updatedFields": {"a.b": 1}, "removedFields": [],
             "disambiguatedPaths": {"a.b": ["a.b"]}}},
         ));
-        assert!(matches!(t, Translated::Crud { op: WriteOp::Refetch { .. }, .. }));
+        assert!(matches!(
+            t,
+            Translated::Crud {
+                op: WriteOp::Refetch { .. },
+                ..
+            }
+        ));
         // Numeric components that are array indexes are fine.
         let u = update_ops(&doc! {"updatedFields": {"a.0.1": 1}, "removedFields": [],
-            "disambiguatedPaths": {"a.0.1": ["a", 0, "1"]}});
+        "disambiguatedPaths": {"a.0.1": ["a", 0, "1"]}});
         assert_eq!(u, Some(vec![doc! {"$set": {"a.0.1": 1}}]));
         // `$`-prefixed names anywhere cannot go through $set.
         assert_eq!(
@@ -329,9 +350,18 @@ mod tests {
             translate(&ev("reshardCollection", doc! {})),
             Translated::Unsupported(_)
         ));
-        assert!(matches!(translate(&ev("whatever", doc! {})), Translated::Skip(_)));
+        assert!(matches!(
+            translate(&ev("whatever", doc! {})),
+            Translated::Skip(_)
+        ));
         let no_full = translate(&ev("insert", doc! {}));
-        assert!(matches!(no_full, Translated::Crud { op: WriteOp::Refetch { .. }, .. }));
+        assert!(matches!(
+            no_full,
+            Translated::Crud {
+                op: WriteOp::Refetch { .. },
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -57,9 +57,17 @@ pub fn resolve(req: &StartRequest) -> Result<Tuning, String> {
         }
     };
     if let Some(c) = &req.clone {
-        w("clone.parallelCollections", c.parallel_collections, &mut t.parallel_collections)?;
+        w(
+            "clone.parallelCollections",
+            c.parallel_collections,
+            &mut t.parallel_collections,
+        )?;
         w("clone.readWorkers", c.read_workers, &mut t.read_workers)?;
-        w("clone.insertWorkers", c.insert_workers, &mut t.insert_workers)?;
+        w(
+            "clone.insertWorkers",
+            c.insert_workers,
+            &mut t.insert_workers,
+        )?;
         if let Some(b) = c.batch_bytes {
             if !(64 * 1024..=MAX_BATCH_BYTES).contains(&b) {
                 return Err(format!(
@@ -107,7 +115,10 @@ mod tests {
             ..Default::default()
         };
         let t = resolve(&r).expect("valid");
-        assert_eq!((t.read_workers, t.batch_bytes, t.repl_workers, t.bulk_ops), (3, MIB, 2, 50));
+        assert_eq!(
+            (t.read_workers, t.batch_bytes, t.repl_workers, t.bulk_ops),
+            (3, MIB, 2, 50)
+        );
     }
 
     #[test]

@@ -53,10 +53,9 @@ pub fn cmp_bson(a: &Bson, b: &Bson) -> Ordering {
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
         (Bson::DateTime(x), Bson::DateTime(y)) => x.cmp(y),
         (Bson::Timestamp(x), Bson::Timestamp(y)) => x.cmp(y),
-        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => x
-            .pattern
-            .cmp(&y.pattern)
-            .then(x.options.cmp(&y.options)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
+            x.pattern.cmp(&y.pattern).then(x.options.cmp(&y.options))
+        }
         (Bson::JavaScriptCode(x), Bson::JavaScriptCode(y)) => x.cmp(y),
         _ => Ordering::Equal,
     }
@@ -154,7 +153,11 @@ impl Tally {
 }
 
 /// Verify every selected namespace.
-pub async fn run(ctx: &Arc<Ctx>, filter: &NamespaceFilter, mode: VerifyMode) -> Result<VerificationReport> {
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    filter: &NamespaceFilter,
+    mode: VerifyMode,
+) -> Result<VerificationReport> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     tally.lock().await.report.mode = mode;
     if mode == VerifyMode::None {
@@ -205,7 +208,11 @@ pub async fn run(ctx: &Arc<Ctx>, filter: &NamespaceFilter, mode: VerifyMode) -> 
 }
 
 /// Selected namespaces with their `listCollections` spec.
-async fn namespaces(c: &Client, side: Side, filter: &NamespaceFilter) -> Result<Vec<(String, Document)>> {
+async fn namespaces(
+    c: &Client,
+    side: Side,
+    filter: &NamespaceFilter,
+) -> Result<Vec<(String, Document)>> {
     let mut out = Vec::new();
     for db in c
         .list_database_names()
@@ -272,20 +279,46 @@ async fn verify_collection(
         }
     }
     if mode == VerifyMode::Counts {
-        let s = ctx.source.database(db).collection::<Document>(coll).count_documents(doc! {}).await.on(Side::Source, "counting")?;
-        let d = ctx.target.database(db).collection::<Document>(coll).count_documents(doc! {}).await.on(Side::Target, "counting")?;
+        let s = ctx
+            .source
+            .database(db)
+            .collection::<Document>(coll)
+            .count_documents(doc! {})
+            .await
+            .on(Side::Source, "counting")?;
+        let d = ctx
+            .target
+            .database(db)
+            .collection::<Document>(coll)
+            .count_documents(doc! {})
+            .await
+            .on(Side::Target, "counting")?;
         let mut t = tally.lock().await;
         t.report.documents_checked += s;
         if s != d {
-            let kind = if d < s { MismatchKind::Missing } else { MismatchKind::Extra };
+            let kind = if d < s {
+                MismatchKind::Missing
+            } else {
+                MismatchKind::Extra
+            };
             t.mismatch(ns, format!("(count: source {s}, target {d})"), kind);
         }
         return Ok(());
     }
     let sc = ctx.source.database(db).collection::<RawDocumentBuf>(coll);
     let tc = ctx.target.database(db).collection::<RawDocumentBuf>(coll);
-    let mut s = sc.find(doc! {}).sort(doc! {"_id": 1}).batch_size(2000).await.on(Side::Source, "verifying")?;
-    let mut d = tc.find(doc! {}).sort(doc! {"_id": 1}).batch_size(2000).await.on(Side::Target, "verifying")?;
+    let mut s = sc
+        .find(doc! {})
+        .sort(doc! {"_id": 1})
+        .batch_size(2000)
+        .await
+        .on(Side::Source, "verifying")?;
+    let mut d = tc
+        .find(doc! {})
+        .sort(doc! {"_id": 1})
+        .batch_size(2000)
+        .await
+        .on(Side::Target, "verifying")?;
     let mut a = s.try_next().await.on(Side::Source, "verifying")?;
     let mut b = d.try_next().await.on(Side::Target, "verifying")?;
     let (mut docs, mut bytes) = (0u64, 0u64);
@@ -369,8 +402,14 @@ async fn confirm(
         }
         let sc = ctx.source.database(db).collection::<RawDocumentBuf>(coll);
         let tc = ctx.target.database(db).collection::<RawDocumentBuf>(coll);
-        let s = sc.find_one(doc! {"_id": id.clone()}).await.on(Side::Source, "re-reading a suspect")?;
-        let t = tc.find_one(doc! {"_id": id.clone()}).await.on(Side::Target, "re-reading a suspect")?;
+        let s = sc
+            .find_one(doc! {"_id": id.clone()})
+            .await
+            .on(Side::Source, "re-reading a suspect")?;
+        let t = tc
+            .find_one(doc! {"_id": id.clone()})
+            .await
+            .on(Side::Target, "re-reading a suspect")?;
         let kind = match (s, t) {
             (Some(x), Some(y)) if x.as_bytes() == y.as_bytes() => continue,
             (Some(_), Some(_)) => MismatchKind::Different,
@@ -383,7 +422,12 @@ async fn confirm(
     Ok(())
 }
 
-async fn index_map(c: &Client, side: Side, db: &str, coll: &str) -> Result<Vec<(String, Document)>> {
+async fn index_map(
+    c: &Client,
+    side: Side,
+    db: &str,
+    coll: &str,
+) -> Result<Vec<(String, Document)>> {
     Ok(catalog::list_indexes(c, side, db, coll)
         .await?
         .iter()
@@ -433,7 +477,10 @@ mod tests {
         assert_eq!(cmp_bson(&a, &b), Ordering::Less);
         let c = Bson::Document(doc! {"a": 1});
         assert_eq!(cmp_bson(&c, &a), Ordering::Less);
-        assert_eq!(cmp_bson(&Bson::Int32(1), &Bson::Double(1.0)), Ordering::Equal);
+        assert_eq!(
+            cmp_bson(&Bson::Int32(1), &Bson::Double(1.0)),
+            Ordering::Equal
+        );
     }
 
     #[test]

@@ -40,13 +40,25 @@ pub fn router(engine: Engine, token: Option<String>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(guarded)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/worker-api.md".into()) })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see docs/worker-api.md".into(),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(app)
 }
 
 fn error(code: StatusCode, msg: String) -> Response {
-    (code, Json(ApiError { ok: false, error: msg })).into_response()
+    (
+        code,
+        Json(ApiError {
+            ok: false,
+            error: msg,
+        }),
+    )
+        .into_response()
 }
 
 async fn auth(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
@@ -72,11 +84,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Parse an optional JSON body: empty means the default.
-fn body<T: DeserializeOwned + Default>(r: Result<Json<T>, JsonRejection>, raw_empty: bool) -> Result<T, Response> {
+fn body<T: DeserializeOwned + Default>(
+    r: Result<Json<T>, JsonRejection>,
+    raw_empty: bool,
+) -> Result<T, Response> {
     match r {
         Ok(Json(v)) => Ok(v),
         Err(_) if raw_empty => Ok(T::default()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("malformed request body: {}", e.body_text()))),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request body: {}", e.body_text()),
+        )),
     }
 }
 
@@ -93,7 +111,12 @@ fn outcome(r: Result<State, CommandError>) -> Response {
 async fn parse<T: DeserializeOwned + Default>(req: Request) -> Result<T, Response> {
     let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("unreadable request body: {e}")))?;
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("unreadable request body: {e}"),
+            )
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -137,7 +160,9 @@ async fn status(AxState(app): AxState<App>) -> Response {
 async fn readyz(AxState(app): AxState<App>) -> Response {
     // Ready once the checkpoint is loaded (or the failure to load it is known).
     let s = app.engine.status();
-    if s.info.starts_with("waiting") || s.info.is_empty() && s.state == State::Idle && !app.engine.is_ready() {
+    if s.info.starts_with("waiting")
+        || s.info.is_empty() && s.state == State::Idle && !app.engine.is_ready()
+    {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
     }
     "ok".into_response()

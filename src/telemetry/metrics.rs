@@ -61,7 +61,9 @@ impl Metrics {
                 "mongoferry_flush_duration_seconds",
                 "Duration of one applier bulk flush to the target",
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         )
         .expect("valid metric");
         r.register(Box::new(flush_duration.clone()))
@@ -74,7 +76,8 @@ impl Metrics {
             .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0]),
         )
         .expect("valid metric");
-        r.register(Box::new(flush_ops.clone())).expect("unique metric");
+        r.register(Box::new(flush_ops.clone()))
+            .expect("unique metric");
         let ddl_applied = IntCounterVec::new(
             Opts::new(
                 "mongoferry_ddl_applied_total",
@@ -83,9 +86,13 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
-        r.register(Box::new(ddl_applied.clone())).expect("unique metric");
+        r.register(Box::new(ddl_applied.clone()))
+            .expect("unique metric");
         let errors = IntCounterVec::new(
-            Opts::new("mongoferry_errors_total", "Errors met by the engine, by kind"),
+            Opts::new(
+                "mongoferry_errors_total",
+                "Errors met by the engine, by kind",
+            ),
             &["kind"],
         )
         .expect("valid metric");
@@ -104,9 +111,14 @@ impl Metrics {
             "Source cluster time minus the op time of the last applied event",
         )
         .expect("valid metric");
-        r.register(Box::new(lag_seconds.clone())).expect("unique metric");
+        r.register(Box::new(lag_seconds.clone()))
+            .expect("unique metric");
         let m = Metrics {
-            events_read: counter(&r, "events_read_total", "Change events read from the source"),
+            events_read: counter(
+                &r,
+                "events_read_total",
+                "Change events read from the source",
+            ),
             events_applied: counter(
                 &r,
                 "events_applied_total",
