@@ -211,7 +211,13 @@ pub async fn apply(
             store
                 .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
                 .await?;
-            run(target, db, cmd.clone(), &format!("creating {db}.{coll}")).await
+            let mut cmd = cmd.clone();
+            if cmd.contains_key("viewOn") {
+                // Some servers describe a view's create incompletely: take its definition
+                // from the source (a later drop or modify replays on top of it).
+                cmd.extend(current_options(source, db, coll).await?);
+            }
+            run(target, db, cmd, &format!("creating {db}.{coll}")).await
         }
         DdlOp::CreateIndexes { db, coll, specs } => {
             let ns = format!("{db}.{coll}");

@@ -1,0 +1,7 @@
+//! Test harnesses shared by the end-to-end suites.
+
+pub mod compare;
+pub mod controlplane;
+pub mod servers;
+pub mod worker;
+pub mod workload;
