@@ -199,7 +199,9 @@ pub async fn replicate(
                     // Every event up to the cutoff was returned: the post-batch token says
                     // so where it carries a time; otherwise an empty batch asked for after
                     // the cutoff was taken (this run starts after it) does.
-                    if token_ts.is_none_or(|t| t >= c) || ctx.live.applied() >= c {
+                    if token_ts.is_none_or(|t| t >= c)
+                        || ctx.live.effective_applied().is_some_and(|a| a >= c)
+                    {
                         outcome = ReplOutcome::ReachedCutoff;
                         break;
                     }
@@ -399,7 +401,7 @@ pub async fn check_oplog_floor(source: &Client, from: Timestamp) -> Result<()> {
         .database("local")
         .collection::<Document>("oplog.rs")
         .find_one(doc! {})
-        .sort(doc! {"$natural": 1})
+        .hint(mongodb::options::Hint::Keys(doc! {"$natural": 1}))
         .projection(doc! {"ts": 1})
         .await;
     match oldest {

@@ -70,6 +70,16 @@ impl Live {
         self.applied.fetch_max(pack(ts), Ordering::SeqCst);
     }
 
+    /// The op time up to which the target is known to be consistent with the source: the
+    /// last applied event, or a later time at which the stream was seen empty.
+    pub fn effective_applied(&self) -> Option<Timestamp> {
+        unpack(
+            self.applied
+                .load(Ordering::SeqCst)
+                .max(self.caught_up.load(Ordering::Relaxed)),
+        )
+    }
+
     pub fn applied(&self) -> Timestamp {
         unpack(self.applied.load(Ordering::SeqCst)).unwrap_or(Timestamp {
             time: 0,
@@ -147,11 +157,7 @@ impl Live {
     /// Lag of the applied op time behind the source, in seconds.
     pub fn lag(&self) -> Option<f64> {
         let now = unpack(self.source_now.load(Ordering::Relaxed))?;
-        let applied = unpack(
-            self.applied
-                .load(Ordering::SeqCst)
-                .max(self.caught_up.load(Ordering::Relaxed)),
-        )?;
+        let applied = self.effective_applied()?;
         Some(optime::lag_seconds(applied, now))
     }
 
@@ -161,7 +167,7 @@ impl Live {
             .lock()
             .map(|t| (t.state, t.phase, t.info.clone(), t.error.clone()))
             .unwrap_or_default();
-        let applied = unpack(self.applied.load(Ordering::SeqCst));
+        let applied = self.effective_applied();
         let cloned_bytes = self.cloned_bytes.load(Ordering::Relaxed);
         let mut s = WorkerStatus {
             ok: error.is_none(),
