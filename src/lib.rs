@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod demo;
 pub mod engine;
 pub mod server;
 pub mod telemetry;

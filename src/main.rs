@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
     match v {
         Verb::Worker(a) => mongoferry::worker::run(a).await,
+        Verb::Demo(a) => Ok(mongoferry::demo::run(a.documents).await?),
         Verb::Start(a) => {
             let c = Client::new(&a.client)?;
             let any = |v: &[Option<u64>]| v.iter().any(Option::is_some);

@@ -127,26 +127,21 @@ impl WorkerProcess {
     }
 
     async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     panic!("worker exited at start ({st}):\n{}", self.log());
                 }
             }
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/healthz", self.url()))
-                .send()
-                .await
-            {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url())).send().await {
                 if r.status().is_success() {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("worker did not answer /healthz:\n{}", self.log());
+        panic!("worker did not become ready (/readyz):\n{}", self.log());
     }
 
     /// Call the API; `token` overrides the configured one (`Some("")` sends none).
@@ -285,7 +280,7 @@ impl WorkerProcess {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + Duration::from_secs(90);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;

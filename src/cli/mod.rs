@@ -34,6 +34,15 @@ pub enum Verb {
     Finalize(FinalizeArgs),
     /// Show a worker's status (with --watch, a live progress bar).
     Status(StatusArgs),
+    /// Run a real demo migration between two local servers (embedded defaults).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Sample documents to load into the source.
+    #[arg(long, default_value_t = 40_000)]
+    pub documents: u32,
 }
 
 #[derive(Args, Debug, Clone)]

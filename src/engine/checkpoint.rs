@@ -298,6 +298,14 @@ impl Store {
         Ok(())
     }
 
+    /// How many partitions an earlier run finished.
+    pub async fn done_partitions(&self) -> Result<u64> {
+        self.partitions()
+            .count_documents(doc! {"done": true})
+            .await
+            .on(Side::Target, "reading copy progress")
+    }
+
     /// Documents and bytes of every finished partition.
     pub async fn copied_totals(&self) -> Result<(i64, i64)> {
         use futures::TryStreamExt;

@@ -65,6 +65,10 @@ pub async fn run(
         .filter(|c| c.kind == "collection")
         .collect();
     let (done_docs, done_bytes) = ctx.store.copied_totals().await?;
+    // Partitions an earlier run finished are not copied again.
+    ctx.metrics
+        .copy_partitions_skipped
+        .inc_by(ctx.store.done_partitions().await?);
     ctx.live
         .cloned_docs
         .store(done_docs as u64, Ordering::Relaxed);
@@ -227,7 +231,6 @@ async fn copy_collection(
             .await?;
     }
     let skipped = parts.iter().filter(|p| p.done).count();
-    ctx.metrics.copy_partitions_skipped.inc_by(skipped as u64);
     let todo: Vec<PartitionEntry> = parts.into_iter().filter(|p| !p.done).collect();
     info!(ns = %c.ns, partitions = todo.len(), skipped, "copying");
     let results: Vec<Result<bool>> = futures::stream::iter(todo)

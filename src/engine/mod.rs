@@ -132,6 +132,9 @@ impl Engine {
     /// Connect, take the job, and resume what an earlier worker left running. Runs in the
     /// background: failures become the `failed` state (fatal) or a retry (transient).
     pub async fn bootstrap(&self, reset: bool) {
+        self.ctx
+            .live
+            .set_info("connecting to the source and target".into());
         let mut delay = Duration::from_secs(1);
         loop {
             match self.try_bootstrap(reset).await {

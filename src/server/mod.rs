@@ -158,14 +158,16 @@ async fn status(AxState(app): AxState<App>) -> Response {
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Response {
-    // Ready once the checkpoint is loaded (or the failure to load it is known).
-    let s = app.engine.status();
-    if s.info.starts_with("waiting")
-        || s.info.is_empty() && s.state == State::Idle && !app.engine.is_ready()
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
+    // Ready once the job is loaded from the target (or the failure to load it is known).
+    if app.engine.is_ready() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connecting to the source and target",
+        )
+            .into_response()
     }
-    "ok".into_response()
 }
 
 async fn metrics(AxState(app): AxState<App>) -> Response {

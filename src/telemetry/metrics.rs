@@ -184,6 +184,20 @@ impl Metrics {
             registry: r,
         };
         m.set_state(State::Idle);
+        // Make the labelled families visible from the start (at 0).
+        for op in [
+            "create",
+            "createIndexes",
+            "dropIndexes",
+            "modify",
+            "rename",
+            "drop",
+            "dropDatabase",
+        ] {
+            m.ddl_applied.with_label_values(&[op]);
+        }
+        m.errors.with_label_values(&["mongo"]);
+        m.applier_queue_depth.with_label_values(&["0"]);
         m
     }
 
@@ -218,5 +232,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the worker exports is documented in docs/metrics.md, and vice versa.
+    #[test]
+    fn docs_list_exactly_the_exported_metrics() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+            .expect("docs/metrics.md");
+        let mut documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|n| n.starts_with("mongoferry_") && !n.starts_with("mongoferry_operator_"))
+            .map(str::to_string)
+            .collect();
+        documented.sort();
+        let mut exported = Metrics::new().names();
+        exported.sort();
+        assert_eq!(documented, exported);
+        let text = Metrics::new().render();
+        assert!(
+            text.contains("mongoferry_state{state=\"idle\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs every test of mongoferry on this machine, installing what they need first:
+# formatting and lints, unit tests, the engine's end-to-end suites against real SecantusDB
+# servers, and the Kubernetes suites against a real kube-apiserver built from Go modules.
+#
+#   MONGOFERRY_TEST_FILTER  run only cargo tests whose name contains this
+#   MONGOFERRY_SKIP_KUBE=1  skip the control-plane and operator suites
+# Ends with one line "N passed, M failed".
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT="$PWD"
+LOGS="$ROOT/target/test-logs"
+mkdir -p "$LOGS"
+passed=0
+failed=0
+failures=()
+
+step() { echo; echo "=== $* ==="; }
+tally_cargo() { # log file
+    local p f
+    p=$(grep -E '^test result:' "$1" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
+    f=$(grep -E '^test result:' "$1" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+}
+fail_step() { failed=$((failed + 1)); failures+=("$1"); }
+
+command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || true
+
+step "installing SecantusDB test servers"
+SECANTUSD_RS="$(e2e/scripts/install-secantus.sh | tail -n 1)" || { echo "cannot install SecantusDB"; exit 1; }
+export SECANTUSD_RS
+echo "secantusd-rs: $SECANTUSD_RS"
+
+step "formatting and lints"
+if cargo fmt --all -- --check >"$LOGS/fmt.log" 2>&1; then passed=$((passed + 1)); else cat "$LOGS/fmt.log"; fail_step "cargo fmt"; fi
+if cargo clippy --workspace --all-targets -- -D warnings >"$LOGS/clippy.log" 2>&1; then passed=$((passed + 1)); else tail -50 "$LOGS/clippy.log"; fail_step "cargo clippy"; fi
+
+step "build"
+cargo build --workspace --bins 2>&1 | tail -2
+export MONGOFERRY_BIN="$ROOT/target/debug/mongoferry"
+
+step "unit tests"
+cargo test --workspace --lib --bins 2>&1 | tee "$LOGS/unit.log" | grep -E '^test result:|FAILED|panicked' || true
+tally_cargo "$LOGS/unit.log"
+
+step "end-to-end suites (real SecantusDB servers)"
+for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
+    if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && "$t" == operator* ]]; then continue; fi
+    echo "--- $t"
+    cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
+        >"$LOGS/e2e-$t.log" 2>&1
+    grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
+    tally_cargo "$LOGS/e2e-$t.log"
+    if ! grep -q '^test result:' "$LOGS/e2e-$t.log"; then tail -40 "$LOGS/e2e-$t.log"; fail_step "e2e $t did not run"; fi
+done
+
+if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/controlplane/test.sh ]]; then
+    step "Kubernetes control plane (kube-apiserver + etcd + GC built from Go modules)"
+    e2e/controlplane/test.sh 2>&1 | tee "$LOGS/controlplane.log" | tail -25
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/controlplane.log" | tail -1)
+    if [[ -n "$line" ]]; then
+        passed=$((passed + $(echo "$line" | cut -d' ' -f1)))
+        failed=$((failed + $(echo "$line" | cut -d' ' -f3)))
+    else
+        fail_step "control plane suite did not report"
+    fi
+fi
+
+echo
+if [[ ${#failures[@]} -gt 0 ]]; then echo "failed steps: ${failures[*]}"; fi
+echo "logs: $LOGS"
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
