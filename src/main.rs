@@ -34,25 +34,19 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
         Verb::Demo(a) => Ok(mongoferry::demo::run(a.documents).await?),
         Verb::Start(a) => {
             let c = Client::new(&a.client)?;
-            let any = |v: &[Option<u64>]| v.iter().any(Option::is_some);
-            let clone = any(&[
-                a.clone_parallel_collections.map(u64::from),
-                a.clone_read_workers.map(u64::from),
-                a.clone_insert_workers.map(u64::from),
-                a.clone_batch_bytes,
-            ])
-            .then(|| CloneTuning {
+            let clone = CloneTuning {
                 parallel_collections: a.clone_parallel_collections,
                 read_workers: a.clone_read_workers,
                 insert_workers: a.clone_insert_workers,
                 batch_bytes: a.clone_batch_bytes,
-            });
-            let replication = (a.repl_workers.is_some() || a.repl_bulk_ops.is_some()).then(|| {
-                ReplicationTuning {
-                    workers: a.repl_workers,
-                    bulk_ops: a.repl_bulk_ops,
-                }
-            });
+            };
+            let replication = ReplicationTuning {
+                workers: a.repl_workers,
+                bulk_ops: a.repl_bulk_ops,
+            };
+            // Absent rather than empty, so the worker's defaults apply.
+            let clone = (clone != CloneTuning::default()).then_some(clone);
+            let replication = (replication != ReplicationTuning::default()).then_some(replication);
             let req = StartRequest {
                 include_namespaces: a.include,
                 exclude_namespaces: a.exclude,

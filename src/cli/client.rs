@@ -153,10 +153,11 @@ pub async fn watch(c: &Client, interval: f64) -> Result<WorkerStatus, ClientErro
         let is = &s.initial_sync;
         let pct = if is.clone_completed {
             100
-        } else if is.estimated_clone_size_bytes > 0 {
-            (is.cloned_size_bytes * 100 / is.estimated_clone_size_bytes).min(99)
         } else {
-            0
+            (is.cloned_size_bytes * 100)
+                .checked_div(is.estimated_clone_size_bytes)
+                .unwrap_or(0)
+                .min(99)
         };
         bar.set_position(pct);
         bar.set_message(summary(&s));

@@ -49,7 +49,7 @@ enum Msg {
     Op {
         db: String,
         coll: String,
-        op: WriteOp,
+        op: Box<WriteOp>,
         _permit: OwnedSemaphorePermit,
     },
     Flush(oneshot::Sender<Result<u64>>),
@@ -267,7 +267,7 @@ async fn dispatch(
                 .send(Msg::Op {
                     db,
                     coll,
-                    op,
+                    op: Box::new(op),
                     _permit: permit,
                 })
                 .await
@@ -307,10 +307,8 @@ async fn dispatch(
                         coll,
                         to_db,
                         to_coll,
-                    } => {
-                        if capped.remove(&format!("{db}.{coll}")) {
-                            capped.insert(format!("{to_db}.{to_coll}"));
-                        }
+                    } if capped.remove(&format!("{db}.{coll}")) => {
+                        capped.insert(format!("{to_db}.{to_coll}"));
                     }
                     _ => {}
                 }
@@ -459,7 +457,7 @@ async fn applier(ctx: Arc<Ctx>, id: usize, mut rx: mpsc::Receiver<Msg>, bulk_ops
                 if failed.is_some() {
                     continue;
                 }
-                buf.push((db, coll, op));
+                buf.push((db, coll, *op));
                 permits.push(_permit);
                 if buf.len() >= bulk_ops {
                     match flush(&ctx, &mut buf).await {

@@ -221,10 +221,9 @@ pub fn normalize_index(spec: &Document) -> Document {
         if matches!(k.as_str(), "v" | "ns" | "background") {
             continue;
         }
-        if k == "unique" || k == "hidden" || k == "sparse" || k == "prepareUnique" {
-            if v.as_bool() == Some(false) {
-                continue;
-            }
+        let flag = matches!(k.as_str(), "unique" | "hidden" | "sparse" | "prepareUnique");
+        if flag && v.as_bool() == Some(false) {
+            continue;
         }
         out.insert(k, v.clone());
     }

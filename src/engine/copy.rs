@@ -80,7 +80,7 @@ pub async fn run(
         Ordering::Relaxed,
     );
     pending.retain(|c| !c.copied);
-    pending.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes));
+    pending.sort_by_key(|c| std::cmp::Reverse(c.size_bytes));
     ctx.live.mark_copy_start();
 
     // Insert workers and the byte budget shared by every reader.

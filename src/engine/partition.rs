@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(p[0].filter, doc! {"_id": {"$lt": 100}});
         assert_eq!(p[1].filter, doc! {"_id": {"$gte": 100, "$lt": 200}});
         assert_eq!(p[2].filter, doc! {"_id": {"$gte": 200}});
-        assert!(matches!(p[3].filter.get_document("_id"), Err(_)));
+        assert!(p[3].filter.get_document("_id").is_err());
         assert!(is_nan(p[3].filter.get("_id").expect("nan filter")));
     }
 

@@ -84,6 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Parse an optional JSON body: empty means the default.
+#[allow(clippy::result_large_err)]
 fn body<T: DeserializeOwned + Default>(
     r: Result<Json<T>, JsonRejection>,
     raw_empty: bool,
@@ -108,6 +109,7 @@ fn outcome(r: Result<State, CommandError>) -> Response {
 }
 
 /// Read the body as bytes first so an empty body is accepted as `{}`.
+#[allow(clippy::result_large_err)]
 async fn parse<T: DeserializeOwned + Default>(req: Request) -> Result<T, Response> {
     let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
         .await
