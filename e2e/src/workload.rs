@@ -1155,6 +1155,16 @@ impl Workload {
                 false,
             ),
         };
+        // mongod refuses a second index on the same key pattern (unless collations or
+        // partial filters differ); some test servers accept it. Stay within what mongod takes.
+        if let Ok(mut cur) = self.coll(client, c).list_indexes().await {
+            while let Ok(Some(ix)) = cur.try_next().await {
+                if ix.keys == keys {
+                    self.stats.skipped += 1;
+                    return;
+                }
+            }
+        }
         let name = format!("ix{n}");
         let mut opts = opts;
         opts.name = Some(name.clone());

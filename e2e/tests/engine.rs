@@ -476,9 +476,15 @@ async fn survives_sigkill_during_copy_and_replication() {
             println!("copy finished before kill {k}");
             continue;
         }
-        // Give the restarted worker time to plan, then read its counters.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let skipped = w.metric("mongoferry_copy_partitions_skipped_total").await;
+        // The restarted worker counts the partitions it skips once its copy resumes.
+        let mut skipped = 0.0;
+        for _ in 0..50 {
+            skipped = w.metric("mongoferry_copy_partitions_skipped_total").await;
+            if skipped > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let read = w.metric("mongoferry_copy_read_documents_total").await;
         println!(
             "copy kill {k}: restarted; partitions skipped {skipped}, documents read so far {read}"

@@ -68,7 +68,7 @@ pub async fn replicate(
     cancel: &CancellationToken,
     cutoff: Option<Timestamp>,
 ) -> Result<ReplOutcome> {
-    let (resume_ts, filter) = {
+    let (resume_ts, filter, copy_finish) = {
         let c = cp.lock().await;
         let ts = c
             .resume_ts
@@ -76,7 +76,7 @@ pub async fn replicate(
             .ok_or_else(|| EngineError::Other("no start time recorded; start with reset".into()))?;
         let f = NamespaceFilter::new(&c.options.include_namespaces, &c.options.exclude_namespaces)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        (ts, f)
+        (ts, f, c.copy_finish_ts)
     };
     if let Some(cut) = cutoff {
         if resume_ts > cut {
@@ -160,7 +160,7 @@ pub async fn replicate(
                         &senders,
                         &budget,
                         &mut markers,
-                        tuning,
+                        copy_finish,
                     )
                     .await?;
                     dispatched_ts = dispatched_ts.max(ts);
@@ -239,7 +239,7 @@ async fn dispatch(
     senders: &[mpsc::Sender<Msg>],
     budget: &Arc<Semaphore>,
     markers: &mut VecDeque<Marker>,
-    _tuning: &Tuning,
+    catch_up_until: Option<Timestamp>,
 ) -> Result<()> {
     match translate::translate(ev) {
         Translated::Crud { db, coll, op } => {
@@ -277,6 +277,32 @@ async fn dispatch(
             DdlDecision::Skip => {}
             DdlDecision::Fail(m) => return Err(EngineError::UnexpectedDdl(m)),
             DdlDecision::Apply(op) => {
+                // A rename replayed while catching up with the copy: the target's source
+                // collection only holds what was replayed, while the copy may already have
+                // the renamed collection in full. Copy the renamed collection anew instead.
+                let ts0 = ev.get_timestamp("clusterTime").ok();
+                let op = match op {
+                    DdlOp::Rename {
+                        db,
+                        coll,
+                        to_db,
+                        to_coll,
+                    } if matches!((ts0, catch_up_until), (Some(t), Some(u)) if t < u) => {
+                        ddl::apply(
+                            &ctx.source,
+                            &ctx.target,
+                            &ctx.store,
+                            filter,
+                            &DdlOp::Drop { db, coll },
+                        )
+                        .await?;
+                        DdlOp::Recopy {
+                            db: to_db,
+                            coll: to_coll,
+                        }
+                    }
+                    other => other,
+                };
                 // Barrier: everything before the DDL is written first.
                 let ts = ev.get_timestamp("clusterTime").unwrap_or(Timestamp {
                     time: 0,

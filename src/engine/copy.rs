@@ -474,3 +474,102 @@ async fn insert_batch(
         ));
     }
 }
+
+/// Copy one collection anew from the source's current state: drop it on the target, create it
+/// with the source's options, copy its documents and build its relaxed indexes. Used inside the
+/// replication barrier when a rename cannot be replayed as a rename. Replaying the events that
+/// follow onto this newer copy converges, exactly as for the initial copy.
+pub async fn recopy_collection(
+    source: &mongodb::Client,
+    target: &mongodb::Client,
+    store: &super::checkpoint::Store,
+    db: &str,
+    coll: &str,
+) -> Result<()> {
+    let specs = catalog::list_collection_specs(source, db).await?;
+    let ns = format!("{db}.{coll}");
+    let Some(spec) = specs.into_iter().find(|s| s.get_str("name") == Ok(coll)) else {
+        // Gone from the source since: a later event drops or renames it.
+        target
+            .database(db)
+            .collection::<mongodb::bson::Document>(coll)
+            .drop()
+            .await
+            .on(Side::Target, &format!("dropping {ns}"))?;
+        return Ok(());
+    };
+    let options = spec.get_document("options").cloned().unwrap_or_default();
+    let mut e = CollectionEntry {
+        ns: ns.clone(),
+        db: db.to_string(),
+        coll: coll.to_string(),
+        kind: spec.get_str("type").unwrap_or("collection").to_string(),
+        capped: options.get_bool("capped").unwrap_or(false),
+        options,
+        ..Default::default()
+    };
+    catalog::create_on_target(target, &e, true).await?;
+    e.created = true;
+    if e.kind == "collection" {
+        let src = source.database(db).collection::<RawDocumentBuf>(coll);
+        let mut find = src.find(doc! {});
+        if e.capped {
+            find = find.sort(doc! {"$natural": 1});
+        }
+        let mut cur = find.await.on(Side::Source, &format!("reading {ns}"))?;
+        let dst = target.database(db).collection::<RawDocumentBuf>(coll);
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let next = cur
+                .try_next()
+                .await
+                .on(Side::Source, &format!("reading {ns}"))?;
+            let end = next.is_none();
+            if let Some(d) = next {
+                bytes += d.as_bytes().len();
+                batch.push(d);
+            }
+            if !batch.is_empty() && (end || bytes >= 4 * 1024 * 1024) {
+                let r = dst
+                    .insert_many(std::mem::take(&mut batch))
+                    .ordered(e.capped)
+                    .bypass_document_validation(true)
+                    .await;
+                bytes = 0;
+                if let Err(err) = r {
+                    if super::error::mongo_code(&err) != Some(11000) {
+                        return Err(EngineError::mongo(
+                            Side::Target,
+                            format!("copying {ns}"),
+                            err,
+                        ));
+                    }
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        let specs = catalog::list_indexes(source, Side::Source, db, coll).await?;
+        store.delete_indexes(doc! {"ns": &ns}).await?;
+        for s in &specs {
+            let name = s.get_str("name").unwrap_or_default().to_string();
+            store
+                .save_index(&IndexEntry {
+                    id: format!("{ns}#{name}"),
+                    ns: ns.clone(),
+                    name,
+                    spec: catalog::normalize_index(s),
+                })
+                .await?;
+        }
+        catalog::create_relaxed_indexes(target, db, coll, &specs).await?;
+        e.planned = true;
+        e.copied = true;
+        e.indexes_built = true;
+    }
+    store.upsert_collection(&e).await?;
+    info!(ns = %ns, "collection copied anew");
+    Ok(())
+}

@@ -48,6 +48,12 @@ pub enum DdlOp {
     DropDatabase {
         db: String,
     },
+    /// Copy the collection anew from the source's current state (a rename into the
+    /// selection, or a rename replayed while catching up with the initial copy).
+    Recopy {
+        db: String,
+        coll: String,
+    },
 }
 
 impl DdlOp {
@@ -60,6 +66,7 @@ impl DdlOp {
             DdlOp::Rename { .. } => "rename",
             DdlOp::Drop { .. } => "drop",
             DdlOp::DropDatabase { .. } => "dropDatabase",
+            DdlOp::Recopy { .. } => "rename",
         }
     }
 }
@@ -108,11 +115,11 @@ pub fn decide(ev: &Document, filter: &NamespaceFilter) -> DdlDecision {
                 to_coll,
             }),
             (true, false) => DdlDecision::Apply(DdlOp::Drop { db, coll }),
-            (false, true) => DdlDecision::Fail(format!(
-                "{db}.{coll} was renamed to {to_db}.{to_coll}, which the namespace filter selects \
-                 although the source collection is not selected; its documents were never copied. \
-                 Include both names (or neither) and start over with reset"
-            )),
+            // Renamed into the selection: its documents were never copied; copy them now.
+            (false, true) => DdlDecision::Apply(DdlOp::Recopy {
+                db: to_db,
+                coll: to_coll,
+            }),
             (false, false) => DdlDecision::Skip,
         };
     }
@@ -316,6 +323,9 @@ pub async fn apply(
             )
             .await
         }
+        DdlOp::Recopy { db, coll } => {
+            super::copy::recopy_collection(source, target, store, db, coll).await
+        }
         DdlOp::DropDatabase { db } => {
             let names = target
                 .database(db)
@@ -350,15 +360,6 @@ async fn current_options(source: &Client, db: &str, coll: &str) -> Result<Docume
         if let Some(v) = opts.get(*k) {
             out.insert(*k, v.clone());
         }
-    }
-    if spec.get_str("type") != Ok("view") && opts.contains_key("validator") {
-        out.entry("validationLevel".into())
-            .or_insert(Bson::String("strict".into()));
-        out.entry("validationAction".into())
-            .or_insert(Bson::String("error".into()));
-    } else if spec.get_str("type") != Ok("view") {
-        // No validator on the source: clear any on the target.
-        out.insert("validator", Document::new());
     }
     Ok(out)
 }
@@ -412,6 +413,7 @@ fn ddl_summary(op: &DdlOp) -> String {
             to_coll,
         } => format!("{db}.{coll} -> {to_db}.{to_coll}"),
         DdlOp::DropDatabase { db } => db.clone(),
+        DdlOp::Recopy { db, coll } => format!("{db}.{coll} (copied anew)"),
     }
 }
 
@@ -478,7 +480,10 @@ mod tests {
             r("a", "tmp"),
             DdlDecision::Apply(DdlOp::Drop { .. })
         ));
-        assert!(matches!(r("tmp", "a"), DdlDecision::Fail(_)));
+        assert!(matches!(
+            r("tmp", "a"),
+            DdlDecision::Apply(DdlOp::Recopy { .. })
+        ));
         let other = decide(
             &doc! {"operationType": "rename", "ns": {"db": "x", "coll": "a"},
             "operationDescription": {"to": {"db": "x", "coll": "b"}}},
