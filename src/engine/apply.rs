@@ -192,7 +192,14 @@ pub async fn replicate(
             }
             settle(ctx, &mut markers, false).await?;
             if idle && markers.is_empty() {
-                if let Some(t) = asked_at {
+                // Where the server says how far the empty batch reaches (mongod's post-batch
+                // token), trust that over the time asked at: oplog holes stay covered.
+                let seen = match (asked_at, token_ts) {
+                    (Some(a), Some(t)) => Some(a.min(t)),
+                    (a, None) => a,
+                    (None, t) => t,
+                };
+                if let Some(t) = seen {
                     ctx.live.set_caught_up(t);
                 }
                 if let Some(c) = cutoff {

@@ -156,15 +156,18 @@ impl Store {
             .and_then(Bson::as_i64)
             .unwrap_or(1);
         self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
-        let cp = self.load().await?;
-        Ok(match cp {
+        let cp = match self.load().await? {
             Some(cp) if cp.saved_at.is_some() => cp,
             _ => Checkpoint {
                 id: JOB_ID.into(),
                 epoch,
                 ..Default::default()
             },
-        })
+        };
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(cp.clone());
+        }
+        Ok(cp)
     }
 
     /// Save the job, conditional on still holding the epoch.

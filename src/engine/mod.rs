@@ -180,6 +180,23 @@ impl Engine {
             self.ctx.store.save(&mut loaded).await?;
         }
         self.ctx.live.restore(&loaded);
+        // Copy progress of earlier runs, for the status of a restarted worker.
+        let (docs, bytes) = self.ctx.store.copied_totals().await?;
+        let copied = self
+            .ctx
+            .store
+            .all_collections()
+            .await?
+            .iter()
+            .filter(|c| c.copied)
+            .count();
+        let live = &self.ctx.live;
+        live.cloned_docs
+            .store(docs.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        live.cloned_bytes
+            .store(bytes.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        live.collections_completed
+            .store(copied as u64, std::sync::atomic::Ordering::Relaxed);
         let resume = matches!(loaded.state, State::Running | State::Finalizing);
         info!(state = %loaded.state, epoch = self.ctx.store.epoch(), "job loaded");
         *self.cp.lock().await = loaded;
@@ -457,7 +474,16 @@ impl Engine {
         Ok(())
     }
 
-    pub fn status(&self) -> WorkerStatus {
+    /// The status, with the lag measured against the source's time as of now.
+    pub async fn status(&self) -> WorkerStatus {
+        let fresh = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn::cluster_time(&self.ctx.source, Side::Source),
+        )
+        .await;
+        if let Ok(Ok(ts)) = fresh {
+            self.ctx.live.set_source_now(ts);
+        }
         self.ctx.live.status(self.ctx.store.last_saved().as_ref())
     }
 

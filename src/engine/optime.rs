@@ -29,12 +29,13 @@ pub fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
     f64::from(to.time) - f64::from(from.time)
 }
 
-/// Lag in seconds: how far `applied` is behind the source's `now`, never negative.
+/// Lag in seconds: how far `applied` is behind the source's `now`. Op times count whole
+/// seconds, so anything behind counts as at least one second: 0 means caught up.
 pub fn lag_seconds(applied: Timestamp, now: Timestamp) -> f64 {
     if now <= applied {
         0.0
     } else {
-        seconds_between(applied, now).max(0.0)
+        seconds_between(applied, now).max(1.0)
     }
 }
 
@@ -121,6 +122,17 @@ mod tests {
                 }
             ),
             0.0
+        );
+        // Behind within the same second still counts as behind.
+        assert_eq!(
+            lag_seconds(
+                ts,
+                Timestamp {
+                    time: ts.time,
+                    increment: 9
+                }
+            ),
+            1.0
         );
     }
 }

@@ -156,7 +156,7 @@ async fn finalize(AxState(app): AxState<App>, req: Request) -> Response {
 }
 
 async fn status(AxState(app): AxState<App>) -> Response {
-    Json(app.engine.status()).into_response()
+    Json(app.engine.status().await).into_response()
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Response {
