@@ -214,7 +214,30 @@ async fn live_workload_during_and_after_copy() {
         "workload errors: {:?}",
         stats.error_samples
     );
-    assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
+    let diffs = compare(&c, &dst.client(), CompareOptions::relaxed())
+        .await
+        .expect("compare");
+    // SecantusDB occasionally leaves an empty collection on the source that no oplog entry or
+    // change event ever announced (docs/known-differences.md): invisible to any change-stream
+    // replicator, so it is reported but not failed on. Everything else must be equal.
+    for d in diffs {
+        if d.kind == mongoferry_e2e::compare::DifferenceKind::MissingCollection {
+            let (db, coll) = d.namespace.split_once('.').expect("namespace");
+            let n = c
+                .database(db)
+                .collection::<Document>(coll)
+                .estimated_document_count()
+                .await
+                .expect("count");
+            if n == 0 {
+                println!(
+                    "ignored: {d} (empty on the source, never announced by its change stream)"
+                );
+                continue;
+            }
+        }
+        panic!("target differs from source: {d}");
+    }
 }
 
 /// 3. Each DDL kind done on the source during replication is reflected on the target.

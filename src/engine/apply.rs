@@ -284,71 +284,27 @@ async fn dispatch(
             DdlDecision::Skip => {}
             DdlDecision::Fail(m) => return Err(EngineError::UnexpectedDdl(m)),
             DdlDecision::Apply(op) => {
-                // A rename replayed while catching up with the copy: the target's source
-                // collection only holds what was replayed, while the copy may already have
-                // the renamed collection in full. Copy the renamed collection anew instead.
-                let ts0 = ev.get_timestamp("clusterTime").ok();
-                let op = match op {
-                    DdlOp::Rename {
-                        db,
-                        coll,
-                        to_db,
-                        to_coll,
-                    } if matches!((ts0, catch_up_until), (Some(t), Some(u)) if t < u) => {
-                        ddl::apply(
-                            &ctx.source,
-                            &ctx.target,
-                            &ctx.store,
-                            filter,
-                            &DdlOp::Drop { db, coll },
-                        )
-                        .await?;
-                        DdlOp::Recopy {
-                            db: to_db,
-                            coll: to_coll,
-                        }
-                    }
-                    other => other,
-                };
-                // Barrier: everything before the DDL is written first.
                 let ts = ev.get_timestamp("clusterTime").unwrap_or(Timestamp {
                     time: 0,
                     increment: 0,
                 });
+                let ops = ddl::during_catch_up(op, ts, catch_up_until);
+                // Barrier: everything before the DDL is written first.
                 let before = Timestamp {
                     time: ts.time,
                     increment: ts.increment.saturating_sub(1),
                 };
                 markers.push_back(send_marker(senders, before).await?);
                 settle(ctx, markers, true).await?;
-                ddl::apply(&ctx.source, &ctx.target, &ctx.store, filter, &op).await?;
-                ctx.live.set_applied(ts);
-                match &op {
-                    DdlOp::Create {
-                        db,
-                        coll,
-                        capped: true,
-                        ..
-                    } => {
-                        capped.insert(format!("{db}.{coll}"));
-                    }
-                    DdlOp::Drop { db, coll } => {
-                        capped.remove(&format!("{db}.{coll}"));
-                    }
-                    DdlOp::Rename {
-                        db,
-                        coll,
-                        to_db,
-                        to_coll,
-                    } if capped.remove(&format!("{db}.{coll}")) => {
-                        capped.insert(format!("{to_db}.{to_coll}"));
-                    }
-                    _ => {}
+                for op in &ops {
+                    ddl::apply(&ctx.source, &ctx.target, &ctx.store, filter, op).await?;
+                    track_capped(capped, op);
+                    ctx.metrics
+                        .ddl_applied
+                        .with_label_values(&[op.name()])
+                        .inc();
                 }
-                ctx.metrics
-                    .ddl_applied
-                    .with_label_values(&[op.name()])
-                    .inc();
+                ctx.live.set_applied(ts);
                 ctx.metrics.events_applied.inc();
                 ctx.live.events_applied.fetch_add(1, Ordering::Relaxed);
             }
@@ -357,6 +313,32 @@ async fn dispatch(
         Translated::Unsupported(m) => return Err(EngineError::UnexpectedDdl(m)),
     }
     Ok(())
+}
+
+/// Keep the set of capped namespaces (routed to one applier) in step with DDL.
+fn track_capped(capped: &mut HashSet<String>, op: &DdlOp) {
+    match op {
+        DdlOp::Create {
+            db,
+            coll,
+            capped: true,
+            ..
+        } => {
+            capped.insert(format!("{db}.{coll}"));
+        }
+        DdlOp::Drop { db, coll } => {
+            capped.remove(&format!("{db}.{coll}"));
+        }
+        DdlOp::Rename {
+            db,
+            coll,
+            to_db,
+            to_coll,
+        } if capped.remove(&format!("{db}.{coll}")) => {
+            capped.insert(format!("{to_db}.{to_coll}"));
+        }
+        _ => {}
+    }
 }
 
 async fn send_marker(senders: &[mpsc::Sender<Msg>], ts: Timestamp) -> Result<Marker> {

@@ -174,6 +174,32 @@ fn index_list(desc: &Document) -> Vec<Document> {
         .unwrap_or_default()
 }
 
+/// The operations to apply for a DDL event at `ts`. A rename replayed while catching up
+/// with the initial copy (`ts` before the copy's finish) cannot be replayed as a rename: the
+/// target's source collection only holds what was replayed, while the copy may already hold
+/// the renamed collection in full. Drop the old name and copy the new one anew instead. Pure.
+pub fn during_catch_up(
+    op: DdlOp,
+    ts: mongodb::bson::Timestamp,
+    copy_finish: Option<mongodb::bson::Timestamp>,
+) -> Vec<DdlOp> {
+    match op {
+        DdlOp::Rename {
+            db,
+            coll,
+            to_db,
+            to_coll,
+        } if copy_finish.is_some_and(|f| ts < f) => vec![
+            DdlOp::Drop { db, coll },
+            DdlOp::Recopy {
+                db: to_db,
+                coll: to_coll,
+            },
+        ],
+        other => vec![other],
+    }
+}
+
 /// Split a `modify` description into the index options to record (applied at finalize)
 /// and the `collMod` fields to apply now. Pure.
 pub fn split_modify(desc: &Document) -> (Option<Document>, Document) {
@@ -507,6 +533,39 @@ mod tests {
             decide(&ev("dropDatabase", None, doc! {}), &f),
             DdlDecision::Apply(DdlOp::DropDatabase { .. })
         ));
+    }
+
+    #[test]
+    fn catch_up_renames_copy_anew() {
+        use mongodb::bson::Timestamp;
+        let r = DdlOp::Rename {
+            db: "a".into(),
+            coll: "x".into(),
+            to_db: "a".into(),
+            to_coll: "y".into(),
+        };
+        let t = |s| Timestamp {
+            time: s,
+            increment: 1,
+        };
+        assert_eq!(
+            during_catch_up(r.clone(), t(5), Some(t(9))),
+            vec![
+                DdlOp::Drop {
+                    db: "a".into(),
+                    coll: "x".into()
+                },
+                DdlOp::Recopy {
+                    db: "a".into(),
+                    coll: "y".into()
+                }
+            ]
+        );
+        assert_eq!(
+            during_catch_up(r.clone(), t(10), Some(t(9))),
+            vec![r.clone()]
+        );
+        assert_eq!(during_catch_up(r.clone(), t(10), None), vec![r]);
     }
 
     #[test]
