@@ -118,6 +118,16 @@ impl WorkerProcess {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The last few thousand characters of the log.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let start = log.len().saturating_sub(6000);
+        let start = (start..log.len())
+            .find(|i| log.is_char_boundary(*i))
+            .unwrap_or(log.len());
+        log[start..].to_string()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -237,18 +247,19 @@ impl WorkerProcess {
             if pred(&last) {
                 return last;
             }
+            if last["state"] == "failed" {
+                panic!(
+                    "the migration failed while waiting for {what}: {}\n{}",
+                    last["error"],
+                    self.log_tail()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let log = self.log();
-        let tail: String = log
-            .chars()
-            .rev()
-            .take(6000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        panic!("timed out after {timeout:?} waiting for {what}; last status: {last:#}\nlog tail:\n{tail}");
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; last status: {last:#}\nlog tail:\n{}",
+            self.log_tail()
+        );
     }
 
     pub async fn wait_state(&self, state: &str, timeout: Duration) -> Value {

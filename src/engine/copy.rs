@@ -347,10 +347,25 @@ async fn copy_partition(
             stopped = true;
             break;
         }
-        let next = cursor
-            .try_next()
-            .await
-            .on(Side::Source, &format!("reading {}", c.ns))?;
+        let next = match cursor.try_next().await {
+            Ok(n) => n,
+            // Dropped or renamed while being copied: replication replays the drop or the
+            // rename (which copies the new name anew), so what was copied is enough.
+            Err(e)
+                if super::error::mongo_code(&e)
+                    .is_some_and(|c| super::error::COLLECTION_GONE_CODES.contains(&c)) =>
+            {
+                warn!(ns = %c.ns, "collection dropped or renamed while being copied");
+                None
+            }
+            Err(e) => {
+                return Err(EngineError::mongo(
+                    Side::Source,
+                    format!("reading {}", c.ns),
+                    e,
+                ))
+            }
+        };
         let end = next.is_none();
         if let Some(d) = next {
             let len = d.as_bytes().len() as u64;

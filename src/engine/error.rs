@@ -47,7 +47,7 @@ pub enum EngineError {
     Invalid(String),
     #[error("the target already holds {0}, which this migration would overwrite; drop it, exclude it, or start with reset if an earlier mongoferry run created it")]
     TargetNotEmpty(String),
-    #[error("{side} error during {during}: {source}")]
+    #[error("{side} error during {during}: {}", describe(source))]
     Mongo {
         side: Side,
         during: String,
@@ -83,6 +83,34 @@ pub fn mongo_code(e: &MongoError) -> Option<i32> {
         _ => None,
     }
 }
+
+/// A driver error in one line: the server's code, name and message when there is one (the
+/// driver's own text appends the raw reply, which helps nobody reading a status).
+pub fn describe(e: &MongoError) -> String {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => format!("{} (code {} {})", c.message, c.code, c.code_name),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("{} (code {})", w.message, w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            format!("write concern: {} (code {})", w.message, w.code)
+        }
+        ErrorKind::InsertMany(m) => match (&m.write_errors, &m.write_concern_error) {
+            (Some(w), _) if !w.is_empty() => {
+                format!(
+                    "{} write error(s), first: {} (code {})",
+                    w.len(),
+                    w[0].message,
+                    w[0].code
+                )
+            }
+            (_, Some(c)) => format!("write concern: {} (code {})", c.message, c.code),
+            _ => "insert failed".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Codes that mean the collection went away under a read (dropped or renamed meanwhile).
+pub const COLLECTION_GONE_CODES: &[i32] = &[26, 175];
 
 /// Codes that mean "the server is changing state or busy; try again".
 pub const TRANSIENT_CODES: &[i32] = &[

@@ -241,11 +241,25 @@ pub async fn split_points(
         .await
         .on(Side::Source, "planning copy partitions")?;
     let mut i: i64 = 0;
-    while let Some(d) = cur
-        .try_next()
-        .await
-        .on(Side::Source, "planning copy partitions")?
-    {
+    loop {
+        let d = match cur.try_next().await {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // Dropped meanwhile: the split points found so far still cut the data that remains.
+            Err(e)
+                if super::error::mongo_code(&e)
+                    .is_some_and(|c| super::error::COLLECTION_GONE_CODES.contains(&c)) =>
+            {
+                break
+            }
+            Err(e) => {
+                return Err(super::error::EngineError::mongo(
+                    Side::Source,
+                    "planning copy partitions",
+                    e,
+                ))
+            }
+        };
         let Some(id) = d.get("_id") else { continue };
         if is_nan(id) {
             continue;
