@@ -30,6 +30,8 @@ pub struct WorkerOptions {
     pub env: Vec<(String, String)>,
     pub token: Option<String>,
     pub reset: bool,
+    /// Return once the process answers `/healthz`, without waiting for `/readyz`.
+    pub no_wait_ready: bool,
 }
 
 pub struct WorkerProcess {
@@ -144,7 +146,17 @@ impl WorkerProcess {
                     panic!("worker exited at start ({st}):\n{}", self.log());
                 }
             }
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url())).send().await {
+            let probe = if self.opts.no_wait_ready {
+                "healthz"
+            } else {
+                "readyz"
+            };
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/{probe}", self.url()))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }

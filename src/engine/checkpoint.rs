@@ -105,6 +105,49 @@ pub struct Store {
     epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// The last job document saved (or loaded), for status answers that must not wait.
     last: std::sync::Arc<std::sync::Mutex<Option<Checkpoint>>>,
+    /// This worker's name in the lease.
+    holder: String,
+}
+
+/// A lease not renewed for this long is free: its worker is gone.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often the holder renews its lease.
+pub const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
+const LEASE_ID: &str = "lease";
+
+/// Whether a lease renewed at `renewed_ms` by `holder` keeps `me` out at `now_ms`. Pure.
+pub fn lease_blocks(holder: &str, renewed_ms: i64, me: &str, now_ms: i64) -> bool {
+    holder != me && now_ms.saturating_sub(renewed_ms) < LEASE_TTL.as_millis() as i64
+}
+
+/// A lease holder's name: `<host>-<pid>-<start ms>`.
+fn holder_name(host: &str, pid: u32, start_ms: i64) -> String {
+    format!("{host}-{pid}-{start_ms}")
+}
+
+/// Whether `holder` names a process on this host that is certainly gone: a previous
+/// incarnation with our own pid (a restarted container), or a pid that no longer exists.
+/// Such a lease need not be waited out. Pure but for the `alive` probe.
+pub fn holder_is_gone(holder: &str, me: &str, alive: impl Fn(u32) -> bool) -> bool {
+    let split = |h: &str| {
+        let mut it = h.rsplitn(3, '-');
+        let _start = it.next()?;
+        let pid: u32 = it.next()?.parse().ok()?;
+        Some((it.next()?.to_string(), pid))
+    };
+    match (split(holder), split(me)) {
+        (Some((h, pid)), Some((mh, mpid))) if h == mh && holder != me => pid == mpid || !alive(pid),
+        _ => false,
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into())
 }
 
 impl Store {
@@ -113,6 +156,11 @@ impl Store {
             db: target.database(META_DB),
             epoch: Default::default(),
             last: Default::default(),
+            holder: holder_name(
+                &this_host(),
+                std::process::id(),
+                DateTime::now().timestamp_millis(),
+            ),
         }
     }
 
@@ -141,8 +189,87 @@ impl Store {
             .on(Side::Target, "reading the checkpoint")
     }
 
-    /// Take the job: bump its epoch (creating it if absent) and remember the new epoch.
+    /// Take the lease on the job, unless another live worker holds it (a worker that stopped
+    /// renewing for `LEASE_TTL` is gone). Only the lease holder writes.
+    async fn take_lease(&self) -> Result<()> {
+        let raw: Collection<Document> = self.db.collection("checkpoint");
+        let now = DateTime::now();
+        let cur = raw
+            .find_one(doc! {"_id": LEASE_ID})
+            .await
+            .on(Side::Target, "reading the job lease")?;
+        let filter = match &cur {
+            Some(l) => {
+                let holder = l.get_str("holder").unwrap_or_default();
+                let renewed = l
+                    .get_datetime("renewedAt")
+                    .map(|d| d.timestamp_millis())
+                    .unwrap_or(0);
+                let gone = holder_is_gone(holder, &self.holder, |pid| {
+                    std::path::Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if !gone && lease_blocks(holder, renewed, &self.holder, now.timestamp_millis()) {
+                    return Err(EngineError::LeaseHeld {
+                        holder: holder.to_string(),
+                        age_secs: (now.timestamp_millis() - renewed) / 1000,
+                    });
+                }
+                doc! {"_id": LEASE_ID, "holder": holder, "renewedAt": l.get("renewedAt").cloned().unwrap_or(Bson::Null)}
+            }
+            None => doc! {"_id": LEASE_ID},
+        };
+        let r = raw
+            .update_one(
+                filter,
+                doc! {"$set": {"holder": &self.holder, "renewedAt": now}},
+            )
+            .upsert(cur.is_none())
+            .await;
+        match r {
+            Ok(u) if u.matched_count == 1 || u.upserted_id.is_some() => Ok(()),
+            Ok(_) => Err(EngineError::LeaseHeld {
+                holder: "another worker".into(),
+                age_secs: 0,
+            }),
+            Err(e) if super::error::mongo_code(&e) == Some(11000) => Err(EngineError::LeaseHeld {
+                holder: "another worker".into(),
+                age_secs: 0,
+            }),
+            Err(e) => Err(EngineError::mongo(Side::Target, "taking the job lease", e)),
+        }
+    }
+
+    /// Renew the lease; fails with `Fenced` once another worker has taken it.
+    pub async fn renew_lease(&self) -> Result<()> {
+        let raw: Collection<Document> = self.db.collection("checkpoint");
+        let r = raw
+            .update_one(
+                doc! {"_id": LEASE_ID, "holder": &self.holder},
+                doc! {"$set": {"renewedAt": DateTime::now()}},
+            )
+            .await
+            .on(Side::Target, "renewing the job lease")?;
+        if r.matched_count == 0 {
+            return Err(self.fenced().await);
+        }
+        Ok(())
+    }
+
+    /// Give the lease up (clean shutdown), so a successor need not wait for it to expire.
+    pub async fn release_lease(&self) {
+        let raw: Collection<Document> = self.db.collection("checkpoint");
+        let _ = raw
+            .update_one(
+                doc! {"_id": LEASE_ID, "holder": &self.holder},
+                doc! {"$set": {"renewedAt": DateTime::from_millis(0)}},
+            )
+            .await;
+    }
+
+    /// Take the job: take its lease, bump its epoch (creating it if absent) and remember the
+    /// new epoch.
     pub async fn acquire(&self) -> Result<Checkpoint> {
+        self.take_lease().await?;
         let raw: Collection<Document> = self.db.collection("checkpoint");
         let prev = raw
             .find_one_and_update(doc! {"_id": JOB_ID}, doc! {"$inc": {"epoch": 1_i64}})
@@ -219,7 +346,10 @@ impl Store {
     async fn fenced(&self) -> EngineError {
         match self.check_fence().await {
             Err(e) => e,
-            Ok(()) => EngineError::Other("the checkpoint document disappeared".into()),
+            Ok(()) => EngineError::Fenced {
+                ours: self.epoch(),
+                theirs: self.epoch() + 1,
+            },
         }
     }
 
@@ -367,5 +497,46 @@ impl Store {
             .try_collect()
             .await
             .on(Side::Target, "reading index definitions")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_rules() {
+        let ttl = LEASE_TTL.as_millis() as i64;
+        assert!(
+            lease_blocks("a", 1_000, "b", 1_000 + ttl - 1),
+            "fresh lease of another"
+        );
+        assert!(!lease_blocks("a", 1_000, "b", 1_000 + ttl), "expired lease");
+        assert!(!lease_blocks("a", 1_000, "a", 1_001), "our own lease");
+        assert!(
+            !lease_blocks("a", 0, "b", 1_700_000_000_000),
+            "released lease"
+        );
+    }
+
+    #[test]
+    fn gone_holders() {
+        let me = holder_name("pod-1", 1, 500);
+        // A restarted container: same host, same pid, another start.
+        assert!(holder_is_gone(&holder_name("pod-1", 1, 100), &me, |_| true));
+        // Same host, dead pid.
+        assert!(holder_is_gone(&holder_name("pod-1", 77, 100), &me, |_| {
+            false
+        }));
+        // Same host, live pid: a concurrent worker.
+        assert!(!holder_is_gone(&holder_name("pod-1", 77, 100), &me, |_| {
+            true
+        }));
+        // Another host: never assumed gone.
+        assert!(!holder_is_gone(&holder_name("pod-2", 77, 100), &me, |_| {
+            false
+        }));
+        assert!(!holder_is_gone(&me, &me, |_| false));
+        assert!(!holder_is_gone("garbage", &me, |_| false));
     }
 }

@@ -39,6 +39,8 @@ pub enum EngineError {
     },
     #[error("unexpected DDL on the source: {0}")]
     UnexpectedDdl(String),
+    #[error("another worker holds this migration's target (lease held by {holder}, renewed {age_secs}s ago); waiting for it to stop — only one worker may write to a target")]
+    LeaseHeld { holder: String, age_secs: i64 },
     #[error("another worker took over this migration's target (lease epoch {theirs}, ours {ours}); this worker stopped writing")]
     Fenced { ours: i64, theirs: i64 },
     #[error("the {side} deployment's user lacks a privilege: {detail}. See docs/permissions.md for the roles to grant")]
@@ -182,7 +184,9 @@ impl EngineError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            EngineError::Unreachable { .. } => ErrorClass::Transient,
+            EngineError::Unreachable { .. } | EngineError::LeaseHeld { .. } => {
+                ErrorClass::Transient
+            }
             EngineError::Mongo { source, .. } => classify_mongo(source),
             _ => ErrorClass::Fatal,
         }
@@ -197,6 +201,7 @@ impl EngineError {
             EngineError::HistoryLost { .. } => "history_lost",
             EngineError::UnexpectedDdl(_) => "ddl",
             EngineError::Fenced { .. } => "fenced",
+            EngineError::LeaseHeld { .. } => "lease_held",
             EngineError::Unauthorized { .. } => "unauthorized",
             EngineError::Invalid(_) => "invalid",
             EngineError::TargetNotEmpty(_) => "target_not_empty",

@@ -205,6 +205,7 @@ impl Engine {
             self.publish(&cp);
         }
         self.ready.send_replace(true);
+        self.spawn_lease_renewal();
         if resume {
             let mut ctl = self.control.lock().await;
             self.spawn(&mut ctl);
@@ -487,10 +488,41 @@ impl Engine {
         self.ctx.live.status(self.ctx.store.last_saved().as_ref())
     }
 
-    /// Stop the pipeline on shutdown, leaving a checkpoint behind.
+    /// Stop the pipeline on shutdown, leaving a checkpoint behind, and give the lease up.
     pub async fn shutdown(&self) {
         let mut ctl = self.control.lock().await;
         self.stop_pipeline(&mut ctl).await;
+        if self.is_ready() {
+            self.ctx.store.release_lease().await;
+        }
+    }
+
+    /// Renew the job lease while this worker lives; losing it stops the pipeline in `failed`
+    /// (another worker took over: this one must not write any more).
+    fn spawn_lease_renewal(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(checkpoint::LEASE_RENEW).await;
+                match this.ctx.store.renew_lease().await {
+                    Ok(()) => {}
+                    Err(e @ EngineError::Fenced { .. }) => {
+                        error!(error = %e, "lost the job lease; stopping");
+                        let mut ctl = this.control.lock().await;
+                        if let Some(r) = ctl.take() {
+                            r.cancel.cancel();
+                            r.join.abort();
+                        }
+                        let mut cp = this.cp.lock().await;
+                        cp.state = State::Failed;
+                        cp.error = Some(e.to_string());
+                        this.publish(&cp);
+                        return;
+                    }
+                    Err(e) => warn!(error = %e, "cannot renew the job lease; retrying"),
+                }
+            }
+        });
     }
 }
 
