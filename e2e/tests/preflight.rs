@@ -145,7 +145,7 @@ async fn documented_roles_pass_and_migrate() {
     let app = c.database("pf_app");
     app.run_command(doc! {"createIndexes": "orders", "indexes": [
         {"key": {"seq": 1}, "name": "seq_unique", "unique": true},
-        {"key": {"created": 1}, "name": "ttl", "expireAfterSeconds": 3600},
+        {"key": {"created": 1}, "name": "ttl", "expireAfterSeconds": 315_360_000},
         {"key": {"kind": 1}, "name": "hidden_kind", "hidden": true},
     ]})
     .await

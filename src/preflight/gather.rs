@@ -105,11 +105,10 @@ fn parse_auth(d: &Document) -> AuthInfo {
 }
 
 /// Reach one side: `hello`, `buildInfo`, `connectionStatus`.
-async fn reach(client: &Client, credentials: bool) -> SideFacts {
+async fn reach(client: &Client) -> SideFacts {
     let admin = client.database("admin");
     let mut f = SideFacts {
         reach: Reach::Connected,
-        credentials,
         version: String::new(),
         topology: Topology::default(),
         auth: None,
@@ -527,8 +526,7 @@ async fn metadata(target: &Client) -> Option<MetadataFacts> {
 
 /// Gather every fact. Never fails: what cannot be learned is recorded as such.
 pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
-    let creds = |c: &Client| c.options().credential.is_some();
-    let (mut src, mut dst) = tokio::join!(reach(source, creds(source)), reach(target, creds(target)));
+    let (mut src, mut dst) = tokio::join!(reach(source), reach(target));
     let mut facts = Facts {
         source: src.clone(),
         target: dst.clone(),

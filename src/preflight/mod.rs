@@ -59,7 +59,6 @@ pub enum Reach {
 #[derive(Debug, Clone)]
 pub struct SideFacts {
     pub reach: Reach,
-    pub credentials: bool,
     pub version: String,
     pub topology: Topology,
     pub auth: Option<AuthInfo>,
@@ -115,8 +114,7 @@ fn connectivity(side: &str, f: &SideFacts) -> Vec<PreflightCheck> {
         Reach::Connected => {
             let who = match f.auth.as_ref().map(|a| a.users.join(", ")) {
                 Some(u) if !u.is_empty() => format!("authenticated as {u}"),
-                _ if f.credentials => "credentials accepted".to_string(),
-                _ => "no credentials given; the server did not ask for any".to_string(),
+                _ => "no user authenticated (none given, or the server lists none)".to_string(),
             };
             vec![
                 checks::pass(&conn, format!("reachable, version {}", f.version)),
@@ -280,7 +278,6 @@ mod tests {
     fn side(reach: Reach) -> SideFacts {
         SideFacts {
             reach,
-            credentials: true,
             version: "8.2.11".into(),
             topology: Topology {
                 set_name: Some("rs".into()),
