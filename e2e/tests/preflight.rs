@@ -28,7 +28,10 @@ fn target_user() -> User {
     User::new(
         "ferry_dst",
         DST_PW,
-        &[("readWriteAnyDatabase", "admin"), ("dbAdminAnyDatabase", "admin")],
+        &[
+            ("readWriteAnyDatabase", "admin"),
+            ("dbAdminAnyDatabase", "admin"),
+        ],
     )
 }
 
@@ -116,7 +119,9 @@ fn statuses(report: &Value) -> String {
 }
 
 async fn preflight(w: &WorkerProcess, query: &str) -> Value {
-    let a = w.call("GET", &format!("/preflight{query}"), None, None).await;
+    let a = w
+        .call("GET", &format!("/preflight{query}"), None, None)
+        .await;
     assert_eq!(a.code, 200, "{:?}", a.body);
     a.body
 }
@@ -195,7 +200,10 @@ async fn documented_roles_pass_and_migrate() {
         .list_collection_names()
         .await
         .expect("list");
-    assert!(!meta.iter().any(|n| n.starts_with("preflight_")), "{meta:?}");
+    assert!(
+        !meta.iter().any(|n| n.starts_with("preflight_")),
+        "{meta:?}"
+    );
 
     w.start_migration(json!({})).await;
     w.wait_caught_up(2.0, Duration::from_secs(120)).await;
@@ -235,7 +243,10 @@ async fn missing_source_privilege_fails_and_refuses_start() {
     let reason = p["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("find on local.oplog.rs"), "{reason}");
     assert!(
-        p["fix"].as_str().unwrap_or_default().contains("clusterMonitor"),
+        p["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("clusterMonitor"),
         "{p:#}"
     );
     assert_eq!(check(&report, "target.privileges")["status"], "pass");
@@ -291,11 +302,23 @@ async fn short_oplog_window_names_the_size_to_set() {
     assert_eq!(r["ok"], false);
     let fix = o["fix"].as_str().unwrap_or_default();
     assert!(fix.contains("--oplog-max-entries"), "{fix}");
-    assert!(o["reason"].as_str().unwrap_or_default().contains("of 1000 entries"), "{o:#}");
+    assert!(
+        o["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("of 1000 entries"),
+        "{o:#}"
+    );
     assert!(r["estimate"]["copySeconds"].as_f64().unwrap_or(0.0) > 100.0);
     // The CLI reports the same in JSON.
     let out = std::process::Command::new(binary())
-        .args(["preflight", "--json", "--throughput-mbps", "0.02", "--source"])
+        .args([
+            "preflight",
+            "--json",
+            "--throughput-mbps",
+            "0.02",
+            "--source",
+        ])
         .arg(src.uri_without_credentials())
         .arg("--target")
         .arg(dst.uri_without_credentials())
@@ -331,10 +354,16 @@ async fn occupied_target_fails_unless_dropped() {
         .as_str()
         .unwrap_or_default()
         .contains("pf_app.users (7 documents)"));
-    assert!(!t["reason"].as_str().unwrap_or_default().contains("pf_app.other"));
+    assert!(!t["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("pf_app.other"));
     let a = w.post("/start", json!({})).await;
     assert_eq!(a.code, 409, "{:?}", a.body);
-    assert_eq!(check(&a.body["preflight"], "target.namespaces")["status"], "fail");
+    assert_eq!(
+        check(&a.body["preflight"], "target.namespaces")["status"],
+        "fail"
+    );
     // Excluding it also passes.
     let r = preflight(&w, "?exclude=pf_app.users").await;
     assert_eq!(check(&r, "target.namespaces")["status"], "pass");
@@ -342,11 +371,17 @@ async fn occupied_target_fails_unless_dropped() {
     let r = preflight(&w, "?dropTargetNamespaces=true").await;
     assert_eq!(r["ok"], true, "{}", statuses(&r));
     assert_eq!(check(&r, "target.namespaces")["status"], "pass");
-    w.start_migration(json!({"dropTargetNamespaces": true})).await;
+    w.start_migration(json!({"dropTargetNamespaces": true}))
+        .await;
     w.wait_caught_up(2.0, Duration::from_secs(120)).await;
     // The job's filters are now the preflight's defaults: the namespace is the job's own.
     let r = preflight(&w, "").await;
-    assert_eq!(check(&r, "target.namespaces")["status"], "pass", "{}", statuses(&r));
+    assert_eq!(
+        check(&r, "target.namespaces")["status"],
+        "pass",
+        "{}",
+        statuses(&r)
+    );
     finalize(&w).await;
     assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
 }

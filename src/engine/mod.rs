@@ -147,7 +147,11 @@ impl Engine {
         opts.filter()
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
         if let Ok(all) = self.ctx.store.all_collections().await {
-            opts.owned = all.into_iter().filter(|c| c.created).map(|c| c.ns).collect();
+            opts.owned = all
+                .into_iter()
+                .filter(|c| c.created)
+                .map(|c| c.ns)
+                .collect();
         }
         Ok(crate::preflight::run(&self.ctx.source, &self.ctx.target, &opts).await)
     }

@@ -17,7 +17,12 @@ const FULL: f64 = 0.9;
 /// mongod's smallest `replSetResizeOplog` size, MB.
 const MONGOD_MIN_OPLOG_MB: u64 = 990;
 
-pub fn check(name: &str, status: CheckStatus, reason: impl Into<String>, fix: Option<String>) -> PreflightCheck {
+pub fn check(
+    name: &str,
+    status: CheckStatus,
+    reason: impl Into<String>,
+    fix: Option<String>,
+) -> PreflightCheck {
     PreflightCheck {
         name: name.to_string(),
         status,
@@ -61,7 +66,9 @@ pub fn versions_check(source: &str, target: &str) -> PreflightCheck {
             name,
             CheckStatus::Fail,
             format!("source {source}, target {target}: older than {MIN_MAJOR}.0 ({supported})"),
-            Some(format!("upgrade both deployments to MongoDB {MIN_MAJOR}.0 or later")),
+            Some(format!(
+                "upgrade both deployments to MongoDB {MIN_MAJOR}.0 or later"
+            )),
         );
     }
     if s > t {
@@ -80,7 +87,10 @@ pub fn versions_check(source: &str, target: &str) -> PreflightCheck {
             Some("test the migration on a copy first".into()),
         );
     }
-    pass(name, format!("source {source} ≤ target {target} ({supported})"))
+    pass(
+        name,
+        format!("source {source} ≤ target {target} ({supported})"),
+    )
 }
 
 /// What `hello` says about the deployment.
@@ -163,13 +173,21 @@ pub fn oplog_check(o: &OplogFacts, copy_seconds: f64) -> PreflightCheck {
         (Some(cap), _) if cap > 0 => (cap as f64, o.count as f64, rate, "entries"),
         (_, Some(cap)) if cap > 0 => {
             let used = o.used_bytes.unwrap_or(0) as f64;
-            let avg = if o.count > 0 { used / o.count as f64 } else { 0.0 };
+            let avg = if o.count > 0 {
+                used / o.count as f64
+            } else {
+                0.0
+            };
             (cap as f64, used, rate * avg, "bytes")
         }
         _ => {
             return check(
                 name,
-                if o.age_seconds >= need { CheckStatus::Pass } else { CheckStatus::Warn },
+                if o.age_seconds >= need {
+                    CheckStatus::Pass
+                } else {
+                    CheckStatus::Warn
+                },
                 format!(
                     "oplog capacity unknown; its oldest entry is {} old, the copy needs about {}",
                     human_secs(o.age_seconds),
@@ -182,12 +200,20 @@ pub fn oplog_check(o: &OplogFacts, copy_seconds: f64) -> PreflightCheck {
         }
     };
     let full = used >= FULL * capacity;
-    let window = if per_sec > 0.0 { capacity / per_sec } else { f64::INFINITY };
+    let window = if per_sec > 0.0 {
+        capacity / per_sec
+    } else {
+        f64::INFINITY
+    };
     let measured = format!(
         "oplog {}{} {unit}, {:.0}% full, oldest entry {} old, {:.1} writes/s → window ≈ {}",
         if unit == "bytes" { "" } else { "of " },
         if unit == "bytes" {
-            format!("{} MB of {} MB", (used / 1e6).round(), (capacity / 1e6).round())
+            format!(
+                "{} MB of {} MB",
+                (used / 1e6).round(),
+                (capacity / 1e6).round()
+            )
         } else {
             format!("{}", capacity as u64)
         },
@@ -228,7 +254,12 @@ pub fn oplog_check(o: &OplogFacts, copy_seconds: f64) -> PreflightCheck {
     } else {
         CheckStatus::Warn
     };
-    check(name, status, format!("{measured}; {need_text}: too short"), Some(fix))
+    check(
+        name,
+        status,
+        format!("{measured}; {need_text}: too short"),
+        Some(fix),
+    )
 }
 
 /// One selected namespace that already holds documents on the target.
@@ -275,7 +306,10 @@ pub fn target_namespaces_check(occupied: &[Occupied], drop: bool) -> PreflightCh
     check(
         name,
         CheckStatus::Fail,
-        format!("the target already holds selected namespaces: {}", list(&foreign)),
+        format!(
+            "the target already holds selected namespaces: {}",
+            list(&foreign)
+        ),
         Some(
             "drop them on the target, exclude them (--exclude / excludeNamespaces), or let the \
              migration replace them (--drop-target-namespaces / dropTargetNamespaces: true)"
@@ -305,7 +339,10 @@ pub fn metadata_check(m: &MetadataFacts, reset: bool) -> PreflightCheck {
         m.collections
     );
     if reset {
-        return pass(name, format!("{what}; reset is requested: it will be forgotten and its namespaces dropped"));
+        return pass(
+            name,
+            format!("{what}; reset is requested: it will be forgotten and its namespaces dropped"),
+        );
     }
     check(
         name,
@@ -401,7 +438,10 @@ pub fn summary(checks: &[PreflightCheck]) -> String {
             warns.join(", ")
         )
     } else {
-        format!("all {} checks passed: the migration can start", checks.len())
+        format!(
+            "all {} checks passed: the migration can start",
+            checks.len()
+        )
     }
 }
 
@@ -497,7 +537,10 @@ mod tests {
         let c = oplog_check(&o, 3_600.0);
         assert_eq!(c.status, CheckStatus::Fail, "{}", c.reason);
         let fix = c.fix.unwrap_or_default();
-        assert!(fix.contains("replSetResizeOplog") && fix.contains("size: 9075"), "{fix}");
+        assert!(
+            fix.contains("replSetResizeOplog") && fix.contains("size: 9075"),
+            "{fix}"
+        );
     }
 
     #[test]
@@ -536,13 +579,22 @@ mod tests {
         let c = target_namespaces_check(&occ, true);
         assert_eq!(c.status, CheckStatus::Pass);
         assert!(c.reason.contains("app.users"));
-        assert_eq!(target_namespaces_check(&occ[1..], false).status, CheckStatus::Pass);
-        assert_eq!(target_namespaces_check(&[], false).status, CheckStatus::Pass);
+        assert_eq!(
+            target_namespaces_check(&occ[1..], false).status,
+            CheckStatus::Pass
+        );
+        assert_eq!(
+            target_namespaces_check(&[], false).status,
+            CheckStatus::Pass
+        );
     }
 
     #[test]
     fn earlier_run_warns_about_reset() {
-        assert_eq!(metadata_check(&MetadataFacts::default(), false).status, CheckStatus::Pass);
+        assert_eq!(
+            metadata_check(&MetadataFacts::default(), false).status,
+            CheckStatus::Pass
+        );
         let idle = MetadataFacts {
             job_state: Some("idle".into()),
             collections: 0,

@@ -31,7 +31,11 @@ fn outcome(r: Result<(), mongodb::error::Error>) -> Outcome {
     }
 }
 
-fn probe(op: impl Into<String>, privilege: impl Into<String>, r: Result<(), mongodb::error::Error>) -> Probe {
+fn probe(
+    op: impl Into<String>,
+    privilege: impl Into<String>,
+    r: Result<(), mongodb::error::Error>,
+) -> Probe {
     Probe {
         op: op.into(),
         privilege: privilege.into(),
@@ -40,8 +44,10 @@ fn probe(op: impl Into<String>, privilege: impl Into<String>, r: Result<(), mong
 }
 
 fn reach_error(e: &mongodb::error::Error) -> Reach {
-    let auth = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Authentication { .. })
-        || mongo_code(e) == Some(18);
+    let auth = matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Authentication { .. }
+    ) || mongo_code(e) == Some(18);
     if auth {
         Reach::AuthFailed(e.to_string())
     } else if is_network(e) {
@@ -67,7 +73,11 @@ fn parse_privileges(list: &[Bson]) -> Vec<Privilege> {
             };
             let actions = p
                 .get_array("actions")
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             Privilege { resource, actions }
         })
@@ -168,11 +178,19 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
     };
     let dbs = match source.list_database_names().await {
         Ok(d) => {
-            probes.push(probe("listDatabases", "listDatabases on the cluster", Ok(())));
+            probes.push(probe(
+                "listDatabases",
+                "listDatabases on the cluster",
+                Ok(()),
+            ));
             d
         }
         Err(e) => {
-            probes.push(probe("listDatabases", "listDatabases on the cluster", Err(e)));
+            probes.push(probe(
+                "listDatabases",
+                "listDatabases on the cluster",
+                Err(e),
+            ));
             return sel;
         }
     };
@@ -185,12 +203,20 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
             Ok(c) => match c.try_collect().await {
                 Ok(v) => v,
                 Err(e) => {
-                    probes.push(probe(format!("listCollections on {db}"), format!("listCollections on database {db}"), Err(e)));
+                    probes.push(probe(
+                        format!("listCollections on {db}"),
+                        format!("listCollections on database {db}"),
+                        Err(e),
+                    ));
                     continue;
                 }
             },
             Err(e) => {
-                probes.push(probe(format!("listCollections on {db}"), format!("listCollections on database {db}"), Err(e)));
+                probes.push(probe(
+                    format!("listCollections on {db}"),
+                    format!("listCollections on database {db}"),
+                    Err(e),
+                ));
                 continue;
             }
         };
@@ -248,7 +274,11 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
             }
             Err(e) => {
                 if i < FIND_PROBES || mongo_code(&e) == Some(13) {
-                    probes.push(probe(format!("collStats on {db}.{coll}"), format!("collStats on {db}.{coll}"), Err(e)));
+                    probes.push(probe(
+                        format!("collStats on {db}.{coll}"),
+                        format!("collStats on {db}.{coll}"),
+                        Err(e),
+                    ));
                 }
             }
         }
@@ -259,7 +289,10 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
                     probes.push(Probe {
                         op: format!("listIndexes on {db}.{coll}"),
                         privilege: format!("listIndexes on {db}.{coll}"),
-                        outcome: if matches!(e, crate::engine::error::EngineError::Unauthorized { .. }) {
+                        outcome: if matches!(
+                            e,
+                            crate::engine::error::EngineError::Unauthorized { .. }
+                        ) {
                             Outcome::Unauthorized(e.to_string())
                         } else {
                             Outcome::Failed(e.to_string())
@@ -276,7 +309,11 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
                 .await
                 .map(|_| ());
             if !matches!(outcome(r.clone()), Outcome::Allowed) || i == 0 {
-                probes.push(probe(format!("find on {db}.{coll} (limit 1)"), format!("find on {db}.{coll}"), r));
+                probes.push(probe(
+                    format!("find on {db}.{coll} (limit 1)"),
+                    format!("find on {db}.{coll}"),
+                    r,
+                ));
             }
         }
     }
@@ -330,12 +367,20 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
         .await;
     let oldest = match oldest {
         Ok(d) => {
-            probes.push(probe("find on local.oplog.rs (oldest entry)", "find on local.oplog.rs", Ok(())));
+            probes.push(probe(
+                "find on local.oplog.rs (oldest entry)",
+                "find on local.oplog.rs",
+                Ok(()),
+            ));
             d
         }
         Err(e) => {
             let msg = format!("the source's oplog cannot be read: {e}");
-            probes.push(probe("find on local.oplog.rs (oldest entry)", "find on local.oplog.rs", Err(e)));
+            probes.push(probe(
+                "find on local.oplog.rs (oldest entry)",
+                "find on local.oplog.rs",
+                Err(e),
+            ));
             return Err(msg);
         }
     };
@@ -352,7 +397,9 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
         .as_ref()
         .map(|s| catalog::num(s.get("count")).max(0) as u64)
         .unwrap_or(0);
-    let used = stats.as_ref().map(|s| catalog::num(s.get("size")).max(0) as u64);
+    let used = stats
+        .as_ref()
+        .map(|s| catalog::num(s.get("size")).max(0) as u64);
     let max_size = stats
         .as_ref()
         .map(|s| catalog::num(s.get("maxSize")))
@@ -367,7 +414,11 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
             .await
             .ok()
             .and_then(|v| v.into_iter().next())
-            .and_then(|s| s.get_document("options").ok().map(|o| catalog::num(o.get("size"))))
+            .and_then(|s| {
+                s.get_document("options")
+                    .ok()
+                    .map(|o| catalog::num(o.get("size")))
+            })
             .filter(|s| *s > 0),
         Err(_) => None,
     };
@@ -424,7 +475,11 @@ async fn target_probes(target: &Client, capped: bool) -> Vec<Probe> {
         let db = db.clone();
         async move { db.run_command(cmd).await.map(|_| ()) }
     };
-    out.push(probe(format!("create {ns}"), format!("createCollection on {META_DB}"), run(doc! {"create": &name}).await));
+    out.push(probe(
+        format!("create {ns}"),
+        format!("createCollection on {META_DB}"),
+        run(doc! {"create": &name}).await,
+    ));
     out.push(probe(
         format!("insert into {ns} (bypassDocumentValidation)"),
         format!("insert + bypassDocumentValidation on {META_DB}"),
@@ -469,7 +524,11 @@ async fn target_probes(target: &Client, capped: bool) -> Vec<Probe> {
         ));
         let _ = run(doc! {"drop": &c}).await;
     }
-    out.push(probe(format!("drop {ns}"), format!("dropCollection on {META_DB}"), run(doc! {"drop": &name}).await));
+    out.push(probe(
+        format!("drop {ns}"),
+        format!("dropCollection on {META_DB}"),
+        run(doc! {"drop": &name}).await,
+    ));
     out
 }
 
@@ -489,12 +548,19 @@ async fn occupied(
         let names = match target.database(db).list_collection_names().await {
             Ok(n) => n,
             Err(e) => {
-                probes.push(probe(format!("listCollections on target {db}"), format!("listCollections on database {db}"), Err(e)));
+                probes.push(probe(
+                    format!("listCollections on target {db}"),
+                    format!("listCollections on database {db}"),
+                    Err(e),
+                ));
                 complete = false;
                 continue;
             }
         };
-        for (_, coll) in selected.iter().filter(|(d, c)| d == db && names.contains(c)) {
+        for (_, coll) in selected
+            .iter()
+            .filter(|(d, c)| d == db && names.contains(c))
+        {
             let n = target
                 .database(db)
                 .collection::<Document>(coll)
@@ -582,7 +648,10 @@ mod tests {
         }, "ok": 1};
         let a = parse_auth(&d);
         assert_eq!(a.users, vec!["ferry@admin"]);
-        assert_eq!(a.roles, vec![("readAnyDatabase".to_string(), "admin".to_string())]);
+        assert_eq!(
+            a.roles,
+            vec![("readAnyDatabase".to_string(), "admin".to_string())]
+        );
         assert_eq!(a.privileges.len(), 4);
         assert_eq!(a.privileges[0].resource, Resource::Cluster);
         assert_eq!(a.privileges[1].resource, Resource::any_normal());

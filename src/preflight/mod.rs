@@ -155,7 +155,10 @@ pub fn evaluate(f: &Facts, opts: &Options) -> PreflightReport {
             &f.source.probes,
         ));
     } else {
-        out.push(checks::not_checked("source.privileges", "the source is not connected"));
+        out.push(checks::not_checked(
+            "source.privileges",
+            "the source is not connected",
+        ));
     }
     if dst_ok {
         let mut dbs: Vec<String> = f.selected.iter().map(|(d, _)| d.clone()).collect();
@@ -169,15 +172,24 @@ pub fn evaluate(f: &Facts, opts: &Options) -> PreflightReport {
             &f.target.probes,
         ));
     } else {
-        out.push(checks::not_checked("target.privileges", "the target is not connected"));
+        out.push(checks::not_checked(
+            "target.privileges",
+            "the target is not connected",
+        ));
     }
     match (&f.oplog, &f.oplog_error) {
         (Some(o), _) => out.push(checks::oplog_check(o, f.estimate.copy_seconds)),
         (None, Some(e)) => out.push(checks::not_checked("oplogWindow", e)),
-        (None, None) => out.push(checks::not_checked("oplogWindow", "the source is not connected")),
+        (None, None) => out.push(checks::not_checked(
+            "oplogWindow",
+            "the source is not connected",
+        )),
     }
     match &f.occupied {
-        Some(o) => out.push(checks::target_namespaces_check(o, opts.drop_target_namespaces)),
+        Some(o) => out.push(checks::target_namespaces_check(
+            o,
+            opts.drop_target_namespaces,
+        )),
         None => out.push(checks::not_checked(
             "target.namespaces",
             "the target's selected databases could not be listed",
@@ -194,10 +206,18 @@ pub fn evaluate(f: &Facts, opts: &Options) -> PreflightReport {
         out.push(checks::unsupported_check(&f.unsupported));
         out.push(checks::estimate_check(&f.estimate));
     } else {
-        out.push(checks::not_checked("unsupportedObjects", "the source is not connected"));
-        out.push(checks::not_checked("estimate", "the source is not connected"));
+        out.push(checks::not_checked(
+            "unsupportedObjects",
+            "the source is not connected",
+        ));
+        out.push(checks::not_checked(
+            "estimate",
+            "the source is not connected",
+        ));
     }
-    let ok = !out.iter().any(|c| c.status == crate::api::CheckStatus::Fail);
+    let ok = !out
+        .iter()
+        .any(|c| c.status == crate::api::CheckStatus::Fail);
     PreflightReport {
         ok,
         summary: checks::summary(&out),
@@ -235,7 +255,11 @@ pub async fn cli(
         .all_collections()
         .await
     {
-        opts.owned = all.into_iter().filter(|c| c.created).map(|c| c.ns).collect();
+        opts.owned = all
+            .into_iter()
+            .filter(|c| c.created)
+            .map(|c| c.ns)
+            .collect();
     }
     Ok(run(&source, &target, &opts).await)
 }
@@ -266,7 +290,11 @@ pub fn render_table(r: &PreflightReport) -> String {
         e.copy_seconds,
         e.throughput_mbps
     ));
-    s.push_str(&format!("{}: {}\n", if r.ok { "OK" } else { "FAILED" }, r.summary));
+    s.push_str(&format!(
+        "{}: {}\n",
+        if r.ok { "OK" } else { "FAILED" },
+        r.summary
+    ));
     s
 }
 
@@ -358,9 +386,17 @@ mod tests {
         f.oplog = None;
         let r = evaluate(&f, &Options::default());
         assert!(!r.ok);
-        assert_eq!(r.check("source.connectivity").map(|c| c.status), Some(CheckStatus::Fail));
-        assert_eq!(r.check("versions").map(|c| c.status), Some(CheckStatus::Warn));
-        assert!(r.check("oplogWindow").is_some_and(|c| c.reason.contains("not checked")));
+        assert_eq!(
+            r.check("source.connectivity").map(|c| c.status),
+            Some(CheckStatus::Fail)
+        );
+        assert_eq!(
+            r.check("versions").map(|c| c.status),
+            Some(CheckStatus::Warn)
+        );
+        assert!(r
+            .check("oplogWindow")
+            .is_some_and(|c| c.reason.contains("not checked")));
         assert!(render_table(&r).contains("FAILED"));
     }
 
@@ -369,8 +405,14 @@ mod tests {
         let mut f = facts();
         f.target.reach = Reach::AuthFailed("bad".into());
         let r = evaluate(&f, &Options::default());
-        assert_eq!(r.check("target.connectivity").map(|c| c.status), Some(CheckStatus::Pass));
-        assert_eq!(r.check("target.authentication").map(|c| c.status), Some(CheckStatus::Fail));
+        assert_eq!(
+            r.check("target.connectivity").map(|c| c.status),
+            Some(CheckStatus::Pass)
+        );
+        assert_eq!(
+            r.check("target.authentication").map(|c| c.status),
+            Some(CheckStatus::Fail)
+        );
         assert!(!r.ok);
     }
 
@@ -388,7 +430,10 @@ mod tests {
 
     #[test]
     fn throughput_default_and_override() {
-        assert_eq!(Options::default().throughput(), checks::DEFAULT_THROUGHPUT_MBPS);
+        assert_eq!(
+            Options::default().throughput(),
+            checks::DEFAULT_THROUGHPUT_MBPS
+        );
         let o = Options {
             throughput_mbps: Some(0.5),
             ..Default::default()

@@ -14,7 +14,10 @@ pub enum Resource {
     Cluster,
     AnyResource,
     /// `db` and/or `collection` may be empty (= any).
-    Ns { db: String, collection: String },
+    Ns {
+        db: String,
+        collection: String,
+    },
     /// `{db, system_buckets}` patterns: never needed by the engine; kept to ignore them.
     Other,
 }
@@ -384,7 +387,13 @@ mod tests {
         let held = vec![
             p(
                 Resource::any_normal(),
-                &["changeStream", "collStats", "find", "listCollections", "listIndexes"],
+                &[
+                    "changeStream",
+                    "collStats",
+                    "find",
+                    "listCollections",
+                    "listIndexes",
+                ],
             ),
             p(Resource::Cluster, &["listDatabases", "serverStatus"]),
             p(Resource::ns("local", ""), &["find", "collStats"]),
@@ -407,7 +416,13 @@ mod tests {
     fn db_scoped_read_cannot_open_a_cluster_stream() {
         let held = vec![p(
             Resource::ns("app", ""),
-            &["changeStream", "find", "listCollections", "listIndexes", "collStats"],
+            &[
+                "changeStream",
+                "find",
+                "listCollections",
+                "listIndexes",
+                "collStats",
+            ],
         )];
         let needs = source_needs(&[("app".into(), "c".into())]);
         let stream = &needs[1];
@@ -465,7 +480,11 @@ mod tests {
             ],
         );
         assert_eq!(c.status, CheckStatus::Fail);
-        assert!(c.reason.contains("priv of find local.oplog.rs"), "{}", c.reason);
+        assert!(
+            c.reason.contains("priv of find local.oplog.rs"),
+            "{}",
+            c.reason
+        );
         assert!(c.reason.contains("readAnyDatabase@admin"));
         assert!(c.fix.as_deref().unwrap_or("").contains("clusterMonitor"));
     }

@@ -253,7 +253,10 @@ mod tests {
             "include=app.*&include=%2Fx%5C.y%2F&exclude=app.tmp&dropTargetNamespaces=true&throughputMbps=2.5",
         )
         .expect("valid");
-        assert_eq!(q.include, Some(vec!["app.*".to_string(), "/x\\.y/".to_string()]));
+        assert_eq!(
+            q.include,
+            Some(vec!["app.*".to_string(), "/x\\.y/".to_string()])
+        );
         assert_eq!(q.exclude, Some(vec!["app.tmp".to_string()]));
         assert_eq!(q.drop_target_namespaces, Some(true));
         assert_eq!(q.throughput_mbps, Some(2.5));
@@ -263,6 +266,6 @@ mod tests {
         assert!(parse_preflight_query("throughputMbps=0").is_err());
         assert!(parse_preflight_query("dropTargetNamespaces=maybe").is_err());
         assert!(parse_preflight_query("bogus=1").is_err());
-        assert_eq!(parse_preflight_query("reset").expect("flag").reset, true);
+        assert!(parse_preflight_query("reset").expect("flag").reset);
     }
 }
