@@ -141,12 +141,18 @@ pub struct OplogFacts {
 
 /// Writes per second, measured on the recent span (or on the whole oplog when it is younger).
 fn entry_rate(o: &OplogFacts) -> Option<f64> {
-    if o.age_seconds > 0.0 && o.age_seconds <= o.recent_span_seconds {
-        return Some(o.count as f64 / o.age_seconds);
+    // Op times have a one-second resolution: entries all within this second span one second.
+    let age = if o.count > 0 {
+        o.age_seconds.max(1.0)
+    } else {
+        o.age_seconds
+    };
+    if age > 0.0 && age <= o.recent_span_seconds {
+        return Some(o.count as f64 / age);
     }
     match o.recent_entries {
         Some(n) if o.recent_span_seconds > 0.0 => Some(n as f64 / o.recent_span_seconds),
-        _ if o.age_seconds > 0.0 => Some(o.count as f64 / o.age_seconds),
+        _ if age > 0.0 => Some(o.count as f64 / age),
         _ => None,
     }
 }
@@ -513,6 +519,13 @@ mod tests {
         // need = 100×2+60 = 260 s at 200/s ×1.25 = 65000 entries.
         assert!(fix.contains("--oplog-max-entries 65000"), "{fix}");
         assert!(fix.contains("260 s"), "{fix}");
+    }
+
+    #[test]
+    fn entries_all_within_this_second_are_a_high_rate() {
+        // Age 0 s (one-second op times): 1000 entries in under a second.
+        let c = oplog_check(&counted(0.0, 1_000, None, 1_000), 100.0);
+        assert_eq!(c.status, CheckStatus::Fail, "{}", c.reason);
     }
 
     #[test]
