@@ -53,9 +53,24 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                 clone,
                 replication,
                 reset: a.reset,
+                drop_target_namespaces: a.drop_target_namespaces,
+                skip_preflight: a.skip_preflight,
             };
             print_json(&c.post("/start", &req).await?);
             Ok(())
+        }
+        Verb::Preflight(a) => {
+            let report = mongoferry::preflight::cli(&a).await?;
+            if a.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                print!("{}", mongoferry::preflight::render_table(&report));
+            }
+            if report.ok {
+                Ok(())
+            } else {
+                Err(format!("preflight failed: {}", report.summary).into())
+            }
         }
         Verb::Pause(a) => {
             print_json(

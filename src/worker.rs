@@ -83,7 +83,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let source = src.client(Side::Source, "mongoferry-worker").await?;
     let target = dst.client(Side::Target, "mongoferry-worker").await?;
     let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(source, target, metrics);
+    let engine =
+        Engine::new(source, target, metrics).with_preflight_throughput(args.throughput_mbps);
     engine.spawn_clock();
     {
         let e = engine.clone();

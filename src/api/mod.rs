@@ -1,5 +1,7 @@
 //! Types shared by the worker's HTTP API, its CLI client and the operator.
 
+pub mod preflight;
 pub mod status;
 
+pub use preflight::*;
 pub use status::*;

@@ -93,6 +93,13 @@ pub struct StartRequest {
     /// Forget an earlier run (finalized or failed) and start over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
+    /// Let the migration drop selected namespaces that already hold documents on the target
+    /// (otherwise the preflight fails and the engine refuses to overwrite them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_target_namespaces: bool,
+    /// Start without the automatic preflight (at your own risk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_preflight: bool,
 }
 
 /// `POST /resume` body.

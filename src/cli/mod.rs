@@ -34,6 +34,8 @@ pub enum Verb {
     Finalize(FinalizeArgs),
     /// Show a worker's status (with --watch, a live progress bar).
     Status(StatusArgs),
+    /// Check, before starting, whether a migration can succeed (exit code 1 on a failed check).
+    Preflight(PreflightArgs),
     /// Run a real demo migration between two local servers (embedded defaults).
     Demo(DemoArgs),
 }
@@ -82,6 +84,33 @@ pub struct WorkerArgs {
     /// Forget the previous run stored in the target and start from idle.
     #[arg(long)]
     pub reset: bool,
+    /// Copy throughput the preflight assumes (MB/s, 1 MB = 10^6 bytes). Default 20.
+    #[arg(long, env = "MONGOFERRY_THROUGHPUT_MBPS")]
+    pub throughput_mbps: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    /// Namespaces to include: `db.coll`, `db.*` or `/regex/` (repeatable).
+    #[arg(long = "include")]
+    pub include: Vec<String>,
+    /// Namespaces to exclude (repeatable).
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// The migration may drop selected namespaces that already hold documents on the target.
+    #[arg(long)]
+    pub drop_target_namespaces: bool,
+    /// The start will use reset (an earlier run's metadata and namespaces are dropped).
+    #[arg(long)]
+    pub reset: bool,
+    /// Copy throughput to assume for the estimate (MB/s, 1 MB = 10^6 bytes). Default 20.
+    #[arg(long, env = "MONGOFERRY_THROUGHPUT_MBPS")]
+    pub throughput_mbps: Option<f64>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +140,12 @@ pub struct StartArgs {
     /// Forget a finalized or failed run and start over.
     #[arg(long)]
     pub reset: bool,
+    /// Let the migration drop selected namespaces that already hold documents on the target.
+    #[arg(long)]
+    pub drop_target_namespaces: bool,
+    /// Start without the automatic preflight (at your own risk).
+    #[arg(long)]
+    pub skip_preflight: bool,
     #[arg(long)]
     pub clone_parallel_collections: Option<u32>,
     #[arg(long)]

@@ -53,11 +53,7 @@ pub async fn list_selected(source: &Client, filter: &NamespaceFilter) -> Result<
             }
             let kind = spec.get_str("type").unwrap_or("collection").to_string();
             let options = spec.get_document("options").cloned().unwrap_or_default();
-            let unsupported = match kind.as_str() {
-                "timeseries" => Some("time-series collections are not migrated".to_string()),
-                "collection" | "view" => None,
-                other => Some(format!("collections of type {other:?} are not migrated")),
-            };
+            let unsupported = unsupported_reason(&kind, &name, &options);
             let capped = options.get_bool("capped").unwrap_or(false);
             out.push(Listed {
                 entry: CollectionEntry {
@@ -74,6 +70,22 @@ pub async fn list_selected(source: &Client, filter: &NamespaceFilter) -> Result<
         }
     }
     Ok(out)
+}
+
+/// Why a listed collection is not migrated, if it is not. Pure.
+pub fn unsupported_reason(kind: &str, name: &str, options: &Document) -> Option<String> {
+    match kind {
+        "timeseries" => return Some("time-series collections are not migrated".to_string()),
+        "collection" | "view" => {}
+        other => return Some(format!("collections of type {other:?} are not migrated")),
+    }
+    if options.contains_key("encryptedFields") {
+        return Some("queryable-encryption collections are not migrated".to_string());
+    }
+    if name.starts_with("enxcol_.") {
+        return Some("queryable-encryption metadata collections are not migrated".to_string());
+    }
+    None
 }
 
 /// Raw `listCollections` specs of one database (views included).
@@ -304,6 +316,21 @@ mod tests {
             create_command(&v),
             doc! {"create": "v", "viewOn": "c", "pipeline": [{"$match": {"a": 1}}]}
         );
+    }
+
+    #[test]
+    fn unsupported_kinds() {
+        let none = Document::new();
+        assert!(unsupported_reason("collection", "c", &none).is_none());
+        assert!(unsupported_reason("view", "v", &none).is_none());
+        assert!(unsupported_reason("timeseries", "t", &none)
+            .unwrap_or_default()
+            .contains("time-series"));
+        let qe = doc! {"encryptedFields": {"fields": []}};
+        assert!(unsupported_reason("collection", "p", &qe)
+            .unwrap_or_default()
+            .contains("queryable-encryption"));
+        assert!(unsupported_reason("collection", "enxcol_.p.esc", &none).is_some());
     }
 
     #[test]

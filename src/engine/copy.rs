@@ -157,6 +157,8 @@ async fn build_catalog(
             ctx.store.save(&mut c).await?;
         }
     }
+    // With dropTargetNamespaces, every selected namespace may be replaced.
+    let drop_any = cp.lock().await.options.drop_target_namespaces;
     let owned: std::collections::HashSet<String> = ctx
         .store
         .all_collections()
@@ -186,7 +188,7 @@ async fn build_catalog(
             docs += n;
             total += 1;
         }
-        catalog::create_on_target(&ctx.target, &e, owned.contains(&e.ns)).await?;
+        catalog::create_on_target(&ctx.target, &e, drop_any || owned.contains(&e.ns)).await?;
         e.created = true;
         ctx.store.upsert_collection(&e).await?;
         debug!(ns = %e.ns, kind = %e.kind, "created on target");

@@ -47,7 +47,7 @@ pub enum EngineError {
     Unauthorized { side: Side, detail: String },
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the target already holds {0}, which this migration would overwrite; drop it, exclude it, or start with reset if an earlier mongoferry run created it")]
+    #[error("the target already holds {0}, which this migration would overwrite; drop it, exclude it, start with dropTargetNamespaces: true to let the migration replace it, or with reset if an earlier mongoferry run created it")]
     TargetNotEmpty(String),
     #[error("{side} error during {during}: {}", describe(source))]
     Mongo {

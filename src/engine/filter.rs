@@ -129,6 +129,17 @@ impl NamespaceFilter {
     }
 }
 
+impl NamespaceFilter {
+    /// Whether the patterns alone select `db.coll`, ignoring the rule that leaves out
+    /// system databases and `system.*` collections (to report what that rule skips).
+    pub fn patterns_match(&self, db: &str, coll: &str) -> bool {
+        if !self.include.is_empty() && !self.include.iter().any(|p| p.matches(db, coll)) {
+            return false;
+        }
+        !self.exclude.iter().any(|p| p.matches(db, coll))
+    }
+}
+
 pub fn is_system_db(db: &str) -> bool {
     SYSTEM_DBS.contains(&db)
 }
@@ -152,6 +163,15 @@ mod tests {
         }
         assert!(!f.selected("app", "system.views"));
         assert!(!f.selected("app", "system.profile"));
+    }
+
+    #[test]
+    fn patterns_alone_see_system_collections() {
+        let sel = f(&["app.*"], &["app.secret"]);
+        assert!(sel.patterns_match("app", "system.js"));
+        assert!(!sel.selected("app", "system.js"));
+        assert!(!sel.patterns_match("app", "secret"));
+        assert!(!sel.patterns_match("other", "c"));
     }
 
     #[test]

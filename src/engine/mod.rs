@@ -55,6 +55,9 @@ pub enum CommandError {
     Invalid(String),
     #[error("{0}")]
     Internal(String),
+    /// The automatic preflight found a failing check (409 with the report).
+    #[error("{}", .0.summary)]
+    Preflight(Box<crate::api::PreflightReport>),
 }
 
 impl From<Refusal> for CommandError {
@@ -72,6 +75,16 @@ impl From<EngineError> for CommandError {
     }
 }
 
+/// `GET /preflight` parameters; absent ones default to the job's.
+#[derive(Debug, Clone, Default)]
+pub struct PreflightQuery {
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub drop_target_namespaces: Option<bool>,
+    pub reset: bool,
+    pub throughput_mbps: Option<f64>,
+}
+
 struct Running {
     cancel: CancellationToken,
     join: JoinHandle<()>,
@@ -85,6 +98,8 @@ pub struct Engine {
     control: Arc<Mutex<Option<Running>>>,
     /// Whether the checkpoint was loaded (commands wait for it).
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Copy throughput the preflight assumes unless asked otherwise, MB/s.
+    preflight_throughput: Option<f64>,
 }
 
 impl Engine {
@@ -102,7 +117,43 @@ impl Engine {
             cp: Arc::new(Mutex::new(Checkpoint::default())),
             control: Arc::new(Mutex::new(None)),
             ready: Arc::new(ready),
+            preflight_throughput: None,
         }
+    }
+
+    /// The copy throughput the preflight assumes by default, MB/s.
+    pub fn with_preflight_throughput(mut self, mbps: Option<f64>) -> Self {
+        self.preflight_throughput = mbps;
+        self
+    }
+
+    /// Run the preflight against this worker's source and target. Absent filters default to
+    /// the job's; namespaces created by this job on the target are not counted as occupied.
+    pub async fn preflight(
+        &self,
+        q: PreflightQuery,
+    ) -> std::result::Result<crate::api::PreflightReport, CommandError> {
+        let job = { self.cp.lock().await.options.clone() };
+        let mut opts = crate::preflight::Options {
+            include: q.include.unwrap_or(job.include_namespaces),
+            exclude: q.exclude.unwrap_or(job.exclude_namespaces),
+            drop_target_namespaces: q
+                .drop_target_namespaces
+                .unwrap_or(job.drop_target_namespaces),
+            reset: q.reset,
+            throughput_mbps: q.throughput_mbps.or(self.preflight_throughput),
+            owned: Default::default(),
+        };
+        opts.filter()
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        if let Ok(all) = self.ctx.store.all_collections().await {
+            opts.owned = all
+                .into_iter()
+                .filter(|c| c.created)
+                .map(|c| c.ns)
+                .collect();
+        }
+        Ok(crate::preflight::run(&self.ctx.source, &self.ctx.target, &opts).await)
     }
 
     pub fn ctx(&self) -> &Arc<Ctx> {
@@ -247,6 +298,38 @@ impl Engine {
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
         tuning::resolve(&req).map_err(CommandError::Invalid)?;
         let mut ctl = self.control.lock().await;
+        {
+            let cp = self.cp.lock().await;
+            state::next_state(
+                cp.state,
+                Command::Start { reset: req.reset },
+                self.facts(&cp),
+            )?;
+        }
+        if !req.skip_preflight {
+            let report = self
+                .preflight(PreflightQuery {
+                    include: Some(req.include_namespaces.clone()),
+                    exclude: Some(req.exclude_namespaces.clone()),
+                    drop_target_namespaces: Some(req.drop_target_namespaces),
+                    reset: req.reset,
+                    throughput_mbps: None,
+                })
+                .await?;
+            if !report.ok {
+                warn!(summary = %report.summary, "start refused by the preflight");
+                return Err(CommandError::Preflight(Box::new(report)));
+            }
+            for c in report
+                .checks
+                .iter()
+                .filter(|c| c.status == crate::api::CheckStatus::Warn)
+            {
+                warn!(check = %c.name, reason = %c.reason, "preflight warning");
+            }
+        } else {
+            warn!("starting without the preflight (skipPreflight)");
+        }
         let mut cp = self.cp.lock().await;
         let next = state::next_state(
             cp.state,
@@ -264,6 +347,7 @@ impl Engine {
         }
         cp.options = StartRequest {
             reset: false,
+            skip_preflight: false,
             ..req
         };
         cp.state = next;

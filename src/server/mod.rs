@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State as AxState};
+use axum::extract::{RawQuery, Request, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, ApiOk, FinalizeRequest, ResumeRequest, StartRequest, State};
-use crate::engine::{CommandError, Engine};
+use crate::api::{
+    ApiError, ApiOk, FinalizeRequest, ResumeRequest, StartRefused, StartRequest, State,
+};
+use crate::engine::{CommandError, Engine, PreflightQuery};
 
 #[derive(Clone)]
 struct App {
@@ -34,6 +36,7 @@ pub fn router(engine: Engine, token: Option<String>) -> Router {
         .route("/resume", post(resume))
         .route("/finalize", post(finalize))
         .route("/status", get(status))
+        .route("/preflight", get(preflight))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -105,6 +108,66 @@ fn outcome(r: Result<State, CommandError>) -> Response {
         Err(CommandError::Conflict(m)) => error(StatusCode::CONFLICT, m),
         Err(CommandError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(CommandError::Internal(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        Err(CommandError::Preflight(report)) => (
+            StatusCode::CONFLICT,
+            Json(StartRefused {
+                ok: false,
+                error: format!("preflight failed: {}", report.summary),
+                preflight: *report,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// Parse `GET /preflight` parameters: repeated `include` / `exclude` (or
+/// `includeNamespaces` / `excludeNamespaces`), `dropTargetNamespaces`, `reset`,
+/// `throughputMbps`. Pure.
+pub fn parse_preflight_query(raw: &str) -> Result<PreflightQuery, String> {
+    let mut q = PreflightQuery::default();
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|e| format!("bad query encoding: {e}"))
+    };
+    let flag = |k: &str, v: &str| match v {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{k} must be true or false, not {other:?}")),
+    };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v)?;
+        match decode(k)?.as_str() {
+            "include" | "includeNamespaces" => q.include.get_or_insert_with(Vec::new).push(v),
+            "exclude" | "excludeNamespaces" => q.exclude.get_or_insert_with(Vec::new).push(v),
+            "dropTargetNamespaces" => q.drop_target_namespaces = Some(flag(k, &v)?),
+            "reset" => q.reset = flag(k, &v)?,
+            "throughputMbps" => {
+                let t: f64 = v
+                    .parse()
+                    .map_err(|_| format!("throughputMbps must be a number, not {v:?}"))?;
+                if !(t > 0.0 && t.is_finite()) {
+                    return Err("throughputMbps must be positive".into());
+                }
+                q.throughput_mbps = Some(t);
+            }
+            other => return Err(format!("unknown preflight parameter {other:?}")),
+        }
+    }
+    Ok(q)
+}
+
+async fn preflight(AxState(app): AxState<App>, RawQuery(raw): RawQuery) -> Response {
+    let q = match parse_preflight_query(raw.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    match app.engine.preflight(q).await {
+        Ok(r) => Json(r).into_response(),
+        Err(CommandError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -178,4 +241,31 @@ async fn metrics(AxState(app): AxState<App>) -> Response {
         app.engine.ctx().metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_query() {
+        let q = parse_preflight_query(
+            "include=app.*&include=%2Fx%5C.y%2F&exclude=app.tmp&dropTargetNamespaces=true&throughputMbps=2.5",
+        )
+        .expect("valid");
+        assert_eq!(
+            q.include,
+            Some(vec!["app.*".to_string(), "/x\\.y/".to_string()])
+        );
+        assert_eq!(q.exclude, Some(vec!["app.tmp".to_string()]));
+        assert_eq!(q.drop_target_namespaces, Some(true));
+        assert_eq!(q.throughput_mbps, Some(2.5));
+        assert!(!q.reset);
+        let empty = parse_preflight_query("").expect("empty");
+        assert!(empty.include.is_none() && empty.drop_target_namespaces.is_none());
+        assert!(parse_preflight_query("throughputMbps=0").is_err());
+        assert!(parse_preflight_query("dropTargetNamespaces=maybe").is_err());
+        assert!(parse_preflight_query("bogus=1").is_err());
+        assert!(parse_preflight_query("reset").expect("flag").reset);
+    }
 }
