@@ -101,7 +101,11 @@ async fn finalize_after_a_workload_restores_and_verifies() {
     assert_eq!(st["state"], "finalized", "{st:#}");
     assert_eq!(f["verification"]["mode"], "full");
     assert_eq!(f["verification"]["mismatchCount"], 0, "{f:#}");
-    assert!(f["verification"]["documentsChecked"].as_u64().unwrap_or(0) > 9_000);
+    // The DDL workload drops and renames collections, so fewer than the seeded documents remain.
+    assert!(
+        f["verification"]["documentsChecked"].as_u64().unwrap_or(0) > 500,
+        "{f:#}"
+    );
     assert_eq!(f["indexes"]["failed"], json!([]));
     // Strict comparison: indexes must now be exactly the source's.
     assert_same(&c, &dst.client(), CompareOptions::default()).await;
@@ -143,7 +147,8 @@ async fn planted_differences_and_unrestorable_index_are_reported() {
     assert_eq!(st["state"], "finalized", "{st:#}");
     let f = st["finalization"].clone();
     let v = &f["verification"];
-    assert_eq!(v["mismatchCount"], 3, "{v:#}");
+    // The three planted documents, plus the unique index left non-unique (reported below).
+    assert_eq!(v["mismatchCount"], 4, "{v:#}");
     let mut got: Vec<(String, String, String)> = v["mismatches"]
         .as_array()
         .expect("list")
@@ -160,6 +165,11 @@ async fn planted_differences_and_unrestorable_index_are_reported() {
     assert_eq!(
         got,
         vec![
+            (
+                "shop.items".into(),
+                "(index sku_unique)".into(),
+                "metadata".into()
+            ),
             ("shop.items".into(), "10".into(), "missing".into()),
             ("shop.items".into(), "20".into(), "different".into()),
             ("shop.items".into(), "5000".into(), "extra".into()),
@@ -183,7 +193,7 @@ async fn planted_differences_and_unrestorable_index_are_reported() {
     );
     let m = w.metrics().await;
     assert!(
-        m.contains("mongoferry_verify_mismatches 3")
+        m.contains("mongoferry_verify_mismatches 4")
             && m.contains("mongoferry_index_restore_failures 1"),
         "{m}"
     );

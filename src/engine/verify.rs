@@ -305,18 +305,29 @@ async fn verify_collection(
         }
         return Ok(());
     }
+    // About 4 MiB per server batch whatever the document size: memory stays bounded by the
+    // number of collections verified at once, not by their documents.
+    let (size, count) = catalog::estimate(&ctx.source, db, coll)
+        .await
+        .unwrap_or((0, 0));
+    let avg = if count > 0 {
+        (size / count).max(1)
+    } else {
+        1024
+    };
+    let batch = (4 * 1024 * 1024 / avg).clamp(8, 5000) as u32;
     let sc = ctx.source.database(db).collection::<RawDocumentBuf>(coll);
     let tc = ctx.target.database(db).collection::<RawDocumentBuf>(coll);
     let mut s = sc
         .find(doc! {})
         .sort(doc! {"_id": 1})
-        .batch_size(2000)
+        .batch_size(batch)
         .await
         .on(Side::Source, "verifying")?;
     let mut d = tc
         .find(doc! {})
         .sort(doc! {"_id": 1})
-        .batch_size(2000)
+        .batch_size(batch)
         .await
         .on(Side::Target, "verifying")?;
     let mut a = s.try_next().await.on(Side::Source, "verifying")?;
