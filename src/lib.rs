@@ -4,6 +4,8 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod operator;
+pub mod podpath;
 pub mod server;
 pub mod telemetry;
 pub mod worker;

@@ -31,6 +31,11 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
     match v {
         Verb::Worker(a) => mongoferry::worker::run(a).await,
+        Verb::Operator(a) => Ok(mongoferry::operator::run(a).await?),
+        Verb::Crd => {
+            print!("{}", mongoferry::api::crd::crd_yaml()?);
+            Ok(())
+        }
         Verb::Start(a) => {
             let c = Client::new(&a.client)?;
             let any = |v: &[Option<u64>]| v.iter().any(Option::is_some);
