@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A live migration from one MongoDB replica set to another, run by one worker pod.
+// The repeated `printcolumn(type_ = "string")` attributes are distinct columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "mongoferry.io",
