@@ -88,7 +88,7 @@ pub struct Endpoint {
     #[x_kube(validation = Rule::new("!self.matches('^[a-z+]+://[^/@]*@')").message(
         "uri must not contain a user name or password; put them in the Secret named by credentialsSecretRef"
     ))]
-    #[schemars(length(min = 11, max = 4096))]
+    #[schemars(length(min = 11, max = 1024))]
     pub uri: String,
     /// Secret (same namespace) holding the user name and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,14 +173,14 @@ pub struct Namespaces {
     #[x_kube(validation = Rule::new(r"self.all(p, p.matches('^(/.+/|[^./ $]+[.][^ ]+)$'))").message(
         "each include pattern must be db.collection, db.* or a regular expression written /…/"
     ))]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 256)))]
     pub include: Vec<String>,
     /// Never these namespaces (applied after include).
     #[serde(default)]
     #[x_kube(validation = Rule::new(r"self.all(p, p.matches('^(/.+/|[^./ $]+[.][^ ]+)$'))").message(
         "each exclude pattern must be db.collection, db.* or a regular expression written /…/"
     ))]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 256)))]
     pub exclude: Vec<String>,
 }
 
