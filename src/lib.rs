@@ -5,6 +5,8 @@ pub mod api;
 pub mod cli;
 pub mod demo;
 pub mod engine;
+pub mod operator;
+pub mod podpath;
 pub mod preflight;
 pub mod server;
 pub mod telemetry;

@@ -32,6 +32,11 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
     match v {
         Verb::Worker(a) => mongoferry::worker::run(a).await,
         Verb::Demo(a) => Ok(mongoferry::demo::run(a.documents).await?),
+        Verb::Operator(a) => Ok(mongoferry::operator::run(a).await?),
+        Verb::Crd => {
+            print!("{}", mongoferry::api::crd::crd_yaml()?);
+            Ok(())
+        }
         Verb::Start(a) => {
             let c = Client::new(&a.client)?;
             let clone = CloneTuning {

@@ -1,5 +1,6 @@
 //! Types shared by the worker's HTTP API, its CLI client and the operator.
 
+pub mod crd;
 pub mod preflight;
 pub mod status;
 

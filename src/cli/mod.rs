@@ -38,6 +38,10 @@ pub enum Verb {
     Preflight(PreflightArgs),
     /// Run a real demo migration between two local servers (embedded defaults).
     Demo(DemoArgs),
+    /// Run the Kubernetes operator (controller of MigrationJob resources).
+    Operator(OperatorArgs),
+    /// Print the MigrationJob CustomResourceDefinition as YAML.
+    Crd,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +49,39 @@ pub struct DemoArgs {
     /// Sample documents to load into the source.
     #[arg(long, default_value_t = 40_000)]
     pub documents: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Watch MigrationJobs in this namespace only (default: all namespaces).
+    #[arg(long, env = "MONGOFERRY_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Image of the worker pods (a MigrationJob's spec.worker.image overrides it).
+    #[arg(
+        long,
+        env = "MONGOFERRY_WORKER_IMAGE",
+        default_value = concat!("ghcr.io/mongoferry/mongoferry:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub worker_image: String,
+    /// Address of /metrics and /healthz.
+    #[arg(
+        long,
+        env = "MONGOFERRY_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_listen: String,
+    /// Run the controller only while holding the leader Lease (for several replicas).
+    #[arg(long, env = "MONGOFERRY_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "mongoferry-operator")]
+    pub lease_name: String,
+    /// Identity in the Lease and in Events (default: host name plus a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,0 +1,738 @@
+//! End-to-end tests of the operator (issue 4) on the real test control plane
+//! (kube-apiserver 1.33 + etcd + GC + pod runner), with SecantusDB servers as source and
+//! target. The operator runs as local processes with the admin kubeconfig; worker pods run
+//! the project binary through the pod runner.
+//!
+//! `cargo build && cargo test -p mongoferry-e2e --test operator -- --test-threads=1`
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use mongodb::Client;
+use mongoferry_e2e::compare::{assert_same, CompareOptions};
+use mongoferry_e2e::controlplane::ControlPlane;
+use mongoferry_e2e::servers::{free_port, MongoServer, ServerOptions, User};
+use mongoferry_e2e::worker::binary;
+use mongoferry_e2e::workload::{seed_dataset, SeedSpec, Workload, WorkloadConfig};
+use serde_json::Value;
+
+const PASSWORD: &str = "S3cr3t-Pa55-xyzzy";
+const WRONG_PASSWORD: &str = "Wr0ng-Pa55-plugh";
+
+fn user() -> User {
+    User::new("ferry", PASSWORD, &[("root", "admin")])
+}
+
+async fn server() -> MongoServer {
+    MongoServer::start(ServerOptions {
+        auth_users: vec![user()],
+        ..ServerOptions::rust()
+    })
+    .await
+    .expect("start SecantusDB")
+}
+
+struct Operator {
+    child: Child,
+    metrics: String,
+    log: std::path::PathBuf,
+    identity: String,
+}
+
+impl Operator {
+    fn start(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
+        let port = free_port().expect("port");
+        let log = cp.state_dir.join(format!("operator-{identity}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "operator",
+            "--worker-image",
+            "mongoferry:dev",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--identity",
+            identity,
+            "--lease-namespace",
+            "default",
+        ]);
+        if leader_election {
+            cmd.arg("--leader-election");
+        }
+        let child = cmd
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn operator");
+        Operator {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+            log,
+            identity: identity.into(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
+    let out = cp.kubectl(args).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn k(cp: &ControlPlane, args: &[&str]) -> String {
+    kubectl(cp, args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+fn apply(cp: &ControlPlane, yaml: &str) -> Result<String, String> {
+    let path = cp.state_dir.join(format!("apply-{}.yaml", rand_suffix()));
+    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
+    kubectl(cp, &["apply", "-f", &path.display().to_string()])
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn install_crd(cp: &ControlPlane) {
+    let crd =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/mongoferry.io_migrationjobs.yaml");
+    k(cp, &["apply", "-f", &crd.display().to_string()]);
+    k(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/migrationjobs.mongoferry.io",
+            "--timeout=30s",
+        ],
+    );
+}
+
+fn secret_yaml(name: &str, password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\nstringData:\n  username: ferry\n  password: {password:?}\n"
+    )
+}
+
+fn job_yaml(name: &str, src: &MongoServer, dst: &MongoServer, extra: &str) -> String {
+    format!(
+        "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: {name}\nspec:\n  source:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: source-credentials}}\n  target:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: target-credentials}}\n{extra}",
+        src.host(),
+        dst.host()
+    )
+}
+
+fn get(cp: &ControlPlane, kind: &str, name: &str) -> Option<Value> {
+    kubectl(cp, &["get", kind, name, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn condition(job: &Value, ty: &str) -> Option<(String, String)> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find_map(|c| {
+            (c["type"] == ty).then(|| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        })
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
+            return v;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_job(
+    cp: &ControlPlane,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, timeout, || get(cp, "mj", name).filter(|j| f(j))).await
+}
+
+fn events_applied(j: &Value) -> u64 {
+    j["status"]["replication"]["eventsApplied"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn seed(c: &Client) {
+    let mut s = SeedSpec::new("shop", "orders", 3000);
+    s.batch_size = 500;
+    seed_dataset(c, &s).await.expect("seed");
+    let mut s = SeedSpec::new("shop", "customers", 1000);
+    s.seed = 2;
+    seed_dataset(c, &s).await.expect("seed");
+}
+
+fn workload() -> WorkloadConfig {
+    WorkloadConfig {
+        seed: 5,
+        databases: vec!["shop".into()],
+        ops_per_sec: Some(100),
+        ..Default::default()
+    }
+}
+
+fn start_cp() -> ControlPlane {
+    let cp = ControlPlane::start(&binary()).expect("control plane");
+    install_crd(&cp);
+    cp
+}
+
+fn create_secrets(cp: &ControlPlane, source_pw: &str) {
+    apply(cp, &secret_yaml("source-credentials", source_pw)).expect("secret");
+    apply(cp, &secret_yaml("target-credentials", PASSWORD)).expect("secret");
+}
+
+/// Acceptance 1, 2 and 5: columns, copy then replication with lag; pause within 5 s; resume;
+/// finalize + `kubectl wait`; comparator; deletion removes pod and Secret, keeps target data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_pause_resume_finalize_delete() {
+    let cp = start_cp();
+    let (src, dst) = (server().await, server().await);
+    seed(&src.client()).await;
+    let _op = Operator::start(&cp, "op-a", false);
+    create_secrets(&cp, PASSWORD);
+    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+
+    wait_for("worker pod running", Duration::from_secs(60), || {
+        get(&cp, "pod", "mig-worker").filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let wl = Workload::spawn(src.client(), workload());
+    let j = wait_job(
+        &cp,
+        "mig",
+        "copy progress shown",
+        Duration::from_secs(120),
+        |j| j["status"]["copy"]["bytesTotal"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+    println!("copy: {}", j["status"]["copy"]);
+    let j = wait_job(
+        &cp,
+        "mig",
+        "replicating with lag",
+        Duration::from_secs(300),
+        |j| {
+            j["status"]["phase"] == "replicating"
+                && j["status"]["replication"]["caughtUp"] == true
+                && j["status"]["replication"]["lagSeconds"].is_i64()
+        },
+    )
+    .await;
+    println!("replication: {}", j["status"]["replication"]);
+    let table = k(&cp, &["get", "mj"]);
+    println!("{table}");
+    for col in [
+        "NAME", "DESIRED", "STATE", "PROGRESS", "LAG", "AGE", "running", "100%",
+    ] {
+        assert!(
+            table.contains(col),
+            "`kubectl get mj` lacks {col}:\n{table}"
+        );
+    }
+
+    // Pause: the Paused condition within 5 s.
+    let t = Instant::now();
+    k(
+        &cp,
+        &[
+            "patch",
+            "mj",
+            "mig",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"desiredState":"paused"}}"#,
+        ],
+    );
+    wait_job(&cp, "mig", "Paused", Duration::from_secs(5), |j| {
+        condition(j, "Paused").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    println!("ACCEPTANCE 2: paused in {:.2}s", t.elapsed().as_secs_f64());
+    let paused_applied = events_applied(&get(&cp, "mj", "mig").expect("job"));
+
+    // Resume: replication continues.
+    k(
+        &cp,
+        &[
+            "patch",
+            "mj",
+            "mig",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"desiredState":"running"}}"#,
+        ],
+    );
+    wait_job(
+        &cp,
+        "mig",
+        "replication continues",
+        Duration::from_secs(60),
+        |j| j["status"]["state"] == "running" && events_applied(j) > paused_applied,
+    )
+    .await;
+    let stats = wl.stop().await;
+    println!("workload: {} ops", stats.total_ops());
+
+    // Finalize.
+    wait_job(&cp, "mig", "caught up", Duration::from_secs(120), |j| {
+        j["status"]["replication"]["lagSeconds"]
+            .as_i64()
+            .is_some_and(|l| l <= 2)
+    })
+    .await;
+    let t = Instant::now();
+    k(
+        &cp,
+        &[
+            "patch",
+            "mj",
+            "mig",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"desiredState":"finalized"}}"#,
+        ],
+    );
+    k(
+        &cp,
+        &[
+            "wait",
+            "mj/mig",
+            "--for=condition=Finalized",
+            "--timeout=300s",
+        ],
+    );
+    println!("finalized in {:.1}s", t.elapsed().as_secs_f64());
+    assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
+    println!("ACCEPTANCE 2: comparator finds no difference");
+    let j = get(&cp, "mj", "mig").expect("job");
+    assert_eq!(
+        j["status"]["finalization"]["verification"]["mismatchCount"], 0,
+        "{}",
+        j["status"]
+    );
+
+    // Delete: pod and token Secret go, target data stays.
+    let before = dst
+        .client()
+        .database("shop")
+        .collection::<mongodb::bson::Document>("orders")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    k(
+        &cp,
+        &["delete", "mj", "mig", "--wait=true", "--timeout=120s"],
+    );
+    wait_for(
+        "pod and token Secret deleted",
+        Duration::from_secs(60),
+        || {
+            (get(&cp, "pod", "mig-worker").is_none()
+                && get(&cp, "secret", "mig-api-token").is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    let after = dst
+        .client()
+        .database("shop")
+        .collection::<mongodb::bson::Document>("orders")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    assert_eq!(before, after);
+    assert!(after >= 3000);
+    println!("ACCEPTANCE 5: pod + Secret removed, target keeps {after} orders");
+}
+
+/// Acceptance 3: invalid specs refused at admission with their messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused() {
+    let cp = start_cp();
+    let base = |spec: &str| {
+        format!("apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: bad\nspec:\n{spec}")
+    };
+    let ep = "  source: {uri: 'mongodb://a:1/?replicaSet=rs'}\n  target: {uri: 'mongodb://b:1/?replicaSet=rs'}\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            base("  source: {uri: 'mongodb://alice:pw@a:1'}\n  target: {uri: 'mongodb://b:1'}\n"),
+            "must not contain a user name or password",
+        ),
+        (
+            base("  source: {uri: 'http://a:1/x'}\n  target: {uri: 'mongodb://b:1'}\n"),
+            "must start with mongodb:// or mongodb+srv://",
+        ),
+        (
+            base(&format!("{ep}  desiredState: stopped\n")),
+            "Unsupported value: \"stopped\"",
+        ),
+        (
+            base(&format!("{ep}  tuning: {{clone: {{readWorkers: 0}}}}\n")),
+            "should be greater than or equal to 1",
+        ),
+        (
+            base(&format!(
+                "{ep}  tuning: {{replication: {{bulkOps: 200000}}}}\n"
+            )),
+            "should be less than or equal to 100000",
+        ),
+        (
+            base(&format!("{ep}  tuning: {{clone: {{batchBytes: 10}}}}\n")),
+            "should be greater than or equal to 65536",
+        ),
+        (
+            base(&format!("{ep}  namespaces: {{include: ['nodot']}}\n")),
+            "each include pattern must be db.collection",
+        ),
+        (
+            base(&format!("{ep}  finalize: {{verify: partial}}\n")),
+            "Unsupported value: \"partial\"",
+        ),
+        (
+            base("  source: {uri: 'mongodb://a:1'}\n"),
+            "spec.target: Required value",
+        ),
+        (
+            base(
+                &format!(
+                    "{ep}  source: {{uri: 'mongodb://a:1', credentialsSecretRef: {{name: ''}}}}\n"
+                )
+                .replace("  source: {uri: 'mongodb://a:1/?replicaSet=rs'}\n", ""),
+            ),
+            "spec.source.credentialsSecretRef.name",
+        ),
+    ];
+    let mut refused = 0;
+    for (yaml, msg) in &cases {
+        match apply(&cp, yaml) {
+            Ok(out) => panic!("accepted:\n{yaml}\n{out}"),
+            Err(e) => {
+                assert!(e.contains(msg), "expected {msg:?} in:\n{e}\nfor\n{yaml}");
+                refused += 1;
+            }
+        }
+    }
+    // Transition rules on a valid object.
+    apply(
+        &cp,
+        &base(&format!(
+            "{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: finalized\n"
+        )),
+    )
+    .expect("valid job");
+    let updates: Vec<(String, &str)> = vec![
+        (base(&format!("{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: running\n")), "desiredState cannot leave finalized"),
+        (base("  source: {uri: 'mongodb://other:1/?replicaSet=rs'}\n  target: {uri: 'mongodb://b:1/?replicaSet=rs'}\n  namespaces: {include: ['app.*']}\n  desiredState: finalized\n"), "spec.source is immutable"),
+        (base(&format!("{ep}  namespaces: {{include: ['other.*']}}\n  desiredState: finalized\n")), "spec.namespaces is immutable once set"),
+    ];
+    for (yaml, msg) in &updates {
+        match apply(&cp, yaml) {
+            Ok(out) => panic!("update accepted:\n{yaml}\n{out}"),
+            Err(e) => {
+                assert!(e.contains(msg), "expected {msg:?} in:\n{e}");
+                refused += 1;
+            }
+        }
+    }
+    println!("ACCEPTANCE 3: {refused} invalid specs refused with their messages");
+    assert!(refused >= 8);
+}
+
+/// Acceptance 4 and 6: worker pod deleted mid-replication → recreated, resumes from its
+/// checkpoint; operator restarted → the worker is not disturbed and status continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_deletion_and_operator_restart() {
+    let cp = start_cp();
+    let (src, dst) = (server().await, server().await);
+    seed(&src.client()).await;
+    let mut op = Operator::start(&cp, "op-a", false);
+    create_secrets(&cp, PASSWORD);
+    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    let wl = Workload::spawn(src.client(), workload());
+    wait_job(&cp, "mig", "replicating", Duration::from_secs(300), |j| {
+        j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
+    })
+    .await;
+
+    // 6: operator restart.
+    let pod = get(&cp, "pod", "mig-worker").expect("pod");
+    let (uid, restarts) = (
+        pod["metadata"]["uid"].clone(),
+        pod["status"]["containerStatuses"][0]["restartCount"].clone(),
+    );
+    op.kill();
+    let before = events_applied(&get(&cp, "mj", "mig").expect("job"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _op2 = Operator::start(&cp, "op-b", false);
+    wait_job(
+        &cp,
+        "mig",
+        "status continues after operator restart",
+        Duration::from_secs(30),
+        |j| events_applied(j) > before,
+    )
+    .await;
+    let pod = get(&cp, "pod", "mig-worker").expect("pod");
+    assert_eq!(
+        pod["metadata"]["uid"], uid,
+        "worker pod replaced by an operator restart"
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"],
+        restarts
+    );
+    println!("ACCEPTANCE 6: worker undisturbed (same pod uid, same restarts), status continues");
+
+    // 4: worker pod deleted.
+    let before = events_applied(&get(&cp, "mj", "mig").expect("job"));
+    k(&cp, &["delete", "pod", "mig-worker", "--wait=false"]);
+    let t = Instant::now();
+    wait_for("a new worker pod runs", Duration::from_secs(90), || {
+        get(&cp, "pod", "mig-worker")
+            .filter(|p| p["metadata"]["uid"] != uid && p["status"]["phase"] == "Running")
+    })
+    .await;
+    wait_job(
+        &cp,
+        "mig",
+        "replication resumed",
+        Duration::from_secs(120),
+        |j| j["status"]["state"] == "running" && events_applied(j) > before,
+    )
+    .await;
+    println!("recreated and resumed in {:.1}s", t.elapsed().as_secs_f64());
+    let log = cp.pod_log("default", "mig-worker", "worker");
+    assert!(
+        !log.contains("initial copy"),
+        "the recreated worker copied again:\n{log}"
+    );
+    wl.stop().await;
+    wait_job(&cp, "mig", "caught up", Duration::from_secs(120), |j| {
+        j["status"]["replication"]["lagSeconds"]
+            .as_i64()
+            .is_some_and(|l| l <= 2)
+    })
+    .await;
+    k(
+        &cp,
+        &[
+            "patch",
+            "mj",
+            "mig",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"desiredState":"finalized"}}"#,
+        ],
+    );
+    k(
+        &cp,
+        &[
+            "wait",
+            "mj/mig",
+            "--for=condition=Finalized",
+            "--timeout=300s",
+        ],
+    );
+    assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
+    println!("ACCEPTANCE 4: recreated worker resumed from its checkpoint; data identical");
+}
+
+/// Acceptance 7: two operator replicas; only the leader reconciles; the leader killed → the
+/// other takes over within 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_failover() {
+    let cp = start_cp();
+    let (src, dst) = (server().await, server().await);
+    let mut a = Operator::start(&cp, "op-a", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = Operator::start(&cp, "op-b", true);
+    create_secrets(&cp, PASSWORD);
+    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    let holder = wait_for("a leader", Duration::from_secs(30), || {
+        get(&cp, "lease", "mongoferry-operator")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    })
+    .await;
+    wait_job(&cp, "mig", "running", Duration::from_secs(120), |j| {
+        j["status"]["state"] == "running"
+    })
+    .await;
+    let (leader, standby) = if holder == a.identity {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(leader.metric("mongoferry_operator_leader").await, Some(1.0));
+    assert_eq!(
+        standby.metric("mongoferry_operator_leader").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        standby.metric("mongoferry_operator_reconciles_total").await,
+        Some(0.0),
+        "the standby reconciled"
+    );
+    leader.kill();
+    let t = Instant::now();
+    let standby_id = standby.identity.clone();
+    wait_for(
+        "the standby holds the lease",
+        Duration::from_secs(15),
+        || {
+            get(&cp, "lease", "mongoferry-operator")
+                .filter(|l| l["spec"]["holderIdentity"] == standby_id.as_str())
+        },
+    )
+    .await;
+    loop {
+        if standby
+            .metric("mongoferry_operator_reconciles_total")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the standby did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = t.elapsed();
+    println!("ACCEPTANCE 7: takeover in {:.1}s", took.as_secs_f64());
+    assert!(took <= Duration::from_secs(15));
+}
+
+/// Acceptance 8: wrong password → Failed with a clear message, an Event, no hot loop, the
+/// password nowhere; then the Secret fixed → the worker restarts and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_cleanly() {
+    let cp = start_cp();
+    let (src, dst) = (server().await, server().await);
+    let op = Operator::start(&cp, "op-a", false);
+    create_secrets(&cp, WRONG_PASSWORD);
+    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    let j = wait_job(&cp, "mig", "Failed", Duration::from_secs(120), |j| {
+        condition(j, "Failed").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let (_, msg) = condition(&j, "Failed").expect("condition");
+    println!("Failed: {msg}");
+    assert!(
+        msg.contains("authentication") && msg.contains("source"),
+        "{msg}"
+    );
+    let r0 = op
+        .metric("mongoferry_operator_reconciles_total")
+        .await
+        .unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let r1 = op
+        .metric("mongoferry_operator_reconciles_total")
+        .await
+        .unwrap_or(0.0);
+    println!("reconciles in 20 s while failed: {}", r1 - r0);
+    assert!(r1 - r0 <= 12.0, "hot loop: {} reconciles in 20 s", r1 - r0);
+    let events = k(&cp, &["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(
+        events.contains("Warning") && events.contains("authentication"),
+        "no Warning event:\n{events}"
+    );
+    let everything = [
+        k(&cp, &["get", "mj", "mig", "-o", "yaml"]),
+        events,
+        op.log(),
+        cp.pod_log("default", "mig-worker", "worker"),
+    ];
+    for text in &everything {
+        assert!(
+            !text.contains(WRONG_PASSWORD) && !text.contains(PASSWORD),
+            "password leaked:\n{text}"
+        );
+    }
+    println!("ACCEPTANCE 8: Failed + Event + backoff, no password in status, events, logs");
+
+    // Rotation: the fixed Secret restarts the worker, which then runs.
+    let uid = get(&cp, "pod", "mig-worker").expect("pod")["metadata"]["uid"].clone();
+    apply(&cp, &secret_yaml("source-credentials", PASSWORD)).expect("rotate");
+    wait_job(
+        &cp,
+        "mig",
+        "running after rotation",
+        Duration::from_secs(120),
+        |j| {
+            j["status"]["state"] == "running"
+                && condition(j, "Failed").is_some_and(|c| c.0 == "False")
+        },
+    )
+    .await;
+    assert_ne!(
+        get(&cp, "pod", "mig-worker").expect("pod")["metadata"]["uid"],
+        uid
+    );
+    println!("credentials rotation replaced the worker pod");
+}

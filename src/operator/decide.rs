@@ -1,0 +1,499 @@
+//! Decide: from the job's spec and what was observed, the actions to take (pure).
+//!
+//! No I/O and no clock here: everything the decision depends on is in [`Observed`], so every
+//! case is a unit test.
+
+use std::time::Duration;
+
+use crate::api::crd::{DesiredState, MigrationJobSpec, Verify};
+use crate::api::{
+    CloneTuning, FinalizeRequest, ReplicationTuning, StartRequest, State, VerifyMode, WorkerStatus,
+};
+
+/// The referenced credential and CA Secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialsObs {
+    /// All present; hash of the data the worker uses.
+    Ready { hash: String },
+    /// A Secret or key is missing (the message names it).
+    Missing { message: String },
+}
+
+/// The worker pod as observed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodObs {
+    pub name: String,
+    pub ip: Option<String>,
+    pub terminating: bool,
+    pub restarts: i32,
+    pub spec_hash: Option<String>,
+    /// A container problem worth showing (`reason: message`), e.g. CrashLoopBackOff.
+    pub problem: Option<String>,
+}
+
+/// The worker API as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerObs {
+    /// No pod, no address or no token yet: not asked.
+    NotAsked,
+    Unreachable(String),
+    Status(Box<WorkerStatus>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub deleting: bool,
+    /// How long ago deletion was requested.
+    pub deleting_for: Duration,
+    pub has_finalizer: bool,
+    pub token_secret: bool,
+    pub credentials: CredentialsObs,
+    pub pod: Option<PodObs>,
+    pub worker: WorkerObs,
+    /// The `mongoferry.io/retry` annotation.
+    pub retry_annotation: Option<String>,
+    /// `status.handledRetry`.
+    pub handled_retry: Option<String>,
+    /// How long the job has been in the failed state (from its Failed condition).
+    pub failed_for: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerCall {
+    Start(StartRequest),
+    Pause,
+    Resume { from_failure: bool },
+    Finalize(FinalizeRequest),
+}
+
+impl WorkerCall {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerCall::Start(_) => "start",
+            WorkerCall::Pause => "pause",
+            WorkerCall::Resume { .. } => "resume",
+            WorkerCall::Finalize(_) => "finalize",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// The pod was built from another spec or from credentials since rotated.
+    Outdated,
+    /// The job is being deleted.
+    Stopping,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    AddFinalizer,
+    RemoveFinalizer,
+    CreateTokenSecret,
+    CreatePod,
+    DeletePod(DeleteReason),
+    Call(WorkerCall),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub requeue: Duration,
+    /// Why nothing more happens now (shown in status.message), if anything.
+    pub waiting: Option<String>,
+    /// The retry annotation consumed by this decision.
+    pub handled_retry: Option<String>,
+}
+
+impl Decision {
+    fn new(actions: Vec<Action>, requeue: Duration) -> Self {
+        Decision {
+            actions,
+            requeue,
+            waiting: None,
+            handled_retry: None,
+        }
+    }
+    fn waiting(mut self, why: impl Into<String>) -> Self {
+        self.waiting = Some(why.into());
+        self
+    }
+}
+
+const FAST: Duration = Duration::from_secs(1);
+const SHORT: Duration = Duration::from_secs(2);
+const ACTIVE: Duration = Duration::from_secs(3);
+const CALM: Duration = Duration::from_secs(5);
+const SLOW: Duration = Duration::from_secs(60);
+/// How long deletion waits for a pause before stopping the pod anyway.
+pub const PAUSE_BEFORE_DELETE: Duration = Duration::from_secs(60);
+
+pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -> Decision {
+    if obs.deleting {
+        return cleanup(obs);
+    }
+    let mut actions = Vec::new();
+    if !obs.has_finalizer {
+        actions.push(Action::AddFinalizer);
+    }
+    if !obs.token_secret {
+        actions.push(Action::CreateTokenSecret);
+    }
+    if let CredentialsObs::Missing { message } = &obs.credentials {
+        // Leave a running pod alone: it already holds what it needs.
+        return Decision::new(actions, Duration::from_secs(15)).waiting(message.clone());
+    }
+    let Some(pod) = &obs.pod else {
+        actions.push(Action::CreatePod);
+        return Decision::new(actions, SHORT).waiting("creating the worker pod");
+    };
+    if pod.terminating {
+        return Decision::new(actions, SHORT).waiting(format!(
+            "waiting for the old worker pod {} to stop",
+            pod.name
+        ));
+    }
+    if pod.spec_hash.as_deref() != Some(desired_pod_hash) {
+        actions.push(Action::DeletePod(DeleteReason::Outdated));
+        return Decision::new(actions, SHORT).waiting(format!(
+            "replacing worker pod {}: its spec or credentials changed",
+            pod.name
+        ));
+    }
+    let ws = match &obs.worker {
+        WorkerObs::Status(ws) => ws,
+        WorkerObs::NotAsked => {
+            let why = pod
+                .problem
+                .clone()
+                .unwrap_or_else(|| format!("worker pod {} is starting", pod.name));
+            return Decision::new(actions, SHORT).waiting(why);
+        }
+        WorkerObs::Unreachable(e) => {
+            return Decision::new(actions, SHORT).waiting(format!("worker API unreachable: {e}"))
+        }
+    };
+    let mut d = worker_step(spec, ws, obs);
+    actions.append(&mut d.actions);
+    d.actions = actions;
+    d
+}
+
+/// What to ask a reachable worker, by desired and actual state.
+fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
+    use DesiredState as D;
+    use State as S;
+    let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
+    match (spec.desired_state, ws.state) {
+        (_, S::Failed) => {
+            let fresh = obs
+                .retry_annotation
+                .as_ref()
+                .filter(|r| obs.handled_retry.as_ref() != Some(*r));
+            match fresh {
+                Some(r) => {
+                    let mut d = call(WorkerCall::Resume { from_failure: true });
+                    d.handled_retry = Some(r.clone());
+                    d
+                }
+                None => Decision::new(vec![], failed_backoff(obs.failed_for)).waiting(
+                    "the migration failed; fix the cause, then set annotation \
+                     mongoferry.io/retry to a new value to resume from the checkpoint",
+                ),
+            }
+        }
+        (D::Running | D::Finalized, S::Idle) => call(WorkerCall::Start(start_request(spec))),
+        (D::Running, S::Paused) => call(WorkerCall::Resume {
+            from_failure: false,
+        }),
+        (D::Paused, S::Running) => call(WorkerCall::Pause),
+        (D::Paused, S::Idle) => Decision::new(vec![], CALM)
+            .waiting("paused before starting; set desiredState to running to start"),
+        (D::Finalized, S::Running | S::Paused) if ws.initial_sync.clone_completed => {
+            call(WorkerCall::Finalize(finalize_request(spec)))
+        }
+        (D::Finalized, S::Running | S::Paused) => Decision::new(vec![], ACTIVE)
+            .waiting("finalize requested: waiting for the initial copy to complete"),
+        (_, S::Running | S::Finalizing) => Decision::new(vec![], ACTIVE),
+        (D::Running | D::Paused, S::Finalized) => Decision::new(vec![], SLOW).waiting(
+            "the target holds a finalized migration; nothing more to do \
+             (set desiredState to finalized, or use a new target)",
+        ),
+        (D::Finalized, S::Finalized) => Decision::new(vec![], SLOW),
+        (D::Paused, S::Paused) => Decision::new(vec![], CALM),
+    }
+}
+
+/// Polling interval while failed: grows with time in the failed state (5 s to 2 min).
+pub fn failed_backoff(failed_for: Option<Duration>) -> Duration {
+    (failed_for.unwrap_or_default() / 4).clamp(CALM, Duration::from_secs(120))
+}
+
+fn cleanup(obs: &Observed) -> Decision {
+    if !obs.has_finalizer {
+        return Decision::new(vec![], SLOW);
+    }
+    let Some(pod) = &obs.pod else {
+        return Decision::new(vec![Action::RemoveFinalizer], SLOW);
+    };
+    if pod.terminating {
+        return Decision::new(vec![], SHORT).waiting("stopping the worker pod");
+    }
+    let running = matches!(&obs.worker, WorkerObs::Status(ws) if ws.state == State::Running);
+    if running && obs.deleting_for < PAUSE_BEFORE_DELETE {
+        return Decision::new(vec![Action::Call(WorkerCall::Pause)], FAST)
+            .waiting("pausing the worker before deletion");
+    }
+    Decision::new(vec![Action::DeletePod(DeleteReason::Stopping)], SHORT)
+        .waiting("stopping the worker pod")
+}
+
+pub fn start_request(spec: &MigrationJobSpec) -> StartRequest {
+    let ns = spec.namespaces.clone().unwrap_or_default();
+    let t = spec.tuning.clone().unwrap_or_default();
+    StartRequest {
+        include_namespaces: ns.include,
+        exclude_namespaces: ns.exclude,
+        clone: t.clone.map(|c| CloneTuning {
+            parallel_collections: c.parallel_collections,
+            read_workers: c.read_workers,
+            insert_workers: c.insert_workers,
+            batch_bytes: c.batch_bytes,
+        }),
+        replication: t.replication.map(|r| ReplicationTuning {
+            workers: r.workers,
+            bulk_ops: r.bulk_ops,
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn finalize_request(spec: &MigrationJobSpec) -> FinalizeRequest {
+    let f = spec.finalize.clone().unwrap_or_default();
+    FinalizeRequest {
+        verify: match f.verify {
+            Verify::Full => VerifyMode::Full,
+            Verify::Counts => VerifyMode::Counts,
+            Verify::None => VerifyMode::None,
+        },
+        block_source_writes: f.block_source_writes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "h1";
+
+    fn spec(desired: &str) -> MigrationJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"uri": "mongodb://a:1"},
+            "target": {"uri": "mongodb://b:1"},
+            "desiredState": desired,
+            "namespaces": {"include": ["app.*"], "exclude": ["app.tmp"]},
+            "tuning": {"clone": {"readWorkers": 4}, "replication": {"bulkOps": 500}},
+            "finalize": {"verify": "counts", "blockSourceWrites": true}
+        }))
+        .expect("spec")
+    }
+
+    fn ws(state: State, cloned: bool) -> WorkerObs {
+        let mut s = WorkerStatus {
+            ok: state != State::Failed,
+            state,
+            ..Default::default()
+        };
+        s.initial_sync.clone_completed = cloned;
+        WorkerObs::Status(Box::new(s))
+    }
+
+    fn obs(worker: WorkerObs) -> Observed {
+        Observed {
+            deleting: false,
+            deleting_for: Duration::ZERO,
+            has_finalizer: true,
+            token_secret: true,
+            credentials: CredentialsObs::Ready { hash: "c".into() },
+            pod: Some(PodObs {
+                name: "mig-worker".into(),
+                ip: Some("127.0.0.9".into()),
+                spec_hash: Some(HASH.into()),
+                ..Default::default()
+            }),
+            worker,
+            retry_annotation: None,
+            handled_retry: None,
+            failed_for: None,
+        }
+    }
+
+    fn calls(d: &Decision) -> Vec<&'static str> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Call(c) => Some(c.name()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn state_table() {
+        use State::*;
+        let table: &[(&str, State, bool, &[&str])] = &[
+            ("running", Idle, false, &["start"]),
+            ("running", Running, false, &[]),
+            ("running", Paused, false, &["resume"]),
+            ("running", Finalizing, true, &[]),
+            ("running", Finalized, true, &[]),
+            ("running", Failed, false, &[]),
+            ("paused", Idle, false, &[]),
+            ("paused", Running, false, &["pause"]),
+            ("paused", Paused, false, &[]),
+            ("paused", Finalizing, true, &[]),
+            ("paused", Failed, false, &[]),
+            ("finalized", Idle, false, &["start"]),
+            ("finalized", Running, false, &[]),
+            ("finalized", Running, true, &["finalize"]),
+            ("finalized", Paused, true, &["finalize"]),
+            ("finalized", Paused, false, &[]),
+            ("finalized", Finalizing, true, &[]),
+            ("finalized", Finalized, true, &[]),
+            ("finalized", Failed, true, &[]),
+        ];
+        for (desired, state, cloned, want) in table {
+            let d = decide(&spec(desired), &obs(ws(*state, *cloned)), HASH);
+            assert_eq!(&calls(&d), want, "desired {desired}, worker {state}");
+            assert!(d.requeue >= FAST, "no hot loop");
+        }
+    }
+
+    #[test]
+    fn start_and_finalize_carry_the_spec() {
+        let d = decide(&spec("running"), &obs(ws(State::Idle, false)), HASH);
+        let Some(Action::Call(WorkerCall::Start(req))) = d.actions.first() else {
+            panic!("{d:?}")
+        };
+        assert_eq!(req.include_namespaces, vec!["app.*"]);
+        assert_eq!(req.exclude_namespaces, vec!["app.tmp"]);
+        assert_eq!(req.clone.as_ref().and_then(|c| c.read_workers), Some(4));
+        assert_eq!(req.replication.as_ref().and_then(|r| r.bulk_ops), Some(500));
+        assert!(!req.reset);
+        let d = decide(&spec("finalized"), &obs(ws(State::Running, true)), HASH);
+        assert_eq!(
+            d.actions,
+            vec![Action::Call(WorkerCall::Finalize(FinalizeRequest {
+                verify: VerifyMode::Counts,
+                block_source_writes: true
+            }))]
+        );
+    }
+
+    #[test]
+    fn bootstraps_finalizer_secret_and_pod() {
+        let mut o = obs(WorkerObs::NotAsked);
+        o.has_finalizer = false;
+        o.token_secret = false;
+        o.pod = None;
+        let d = decide(&spec("running"), &o, HASH);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::AddFinalizer,
+                Action::CreateTokenSecret,
+                Action::CreatePod
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_credentials_wait_without_pod() {
+        let mut o = obs(WorkerObs::NotAsked);
+        o.pod = None;
+        o.credentials = CredentialsObs::Missing {
+            message: "Secret src not found".into(),
+        };
+        let d = decide(&spec("running"), &o, HASH);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.waiting.as_deref(), Some("Secret src not found"));
+        assert!(d.requeue >= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn outdated_or_terminating_pods() {
+        let mut o = obs(ws(State::Running, false));
+        o.pod.as_mut().expect("pod").spec_hash = Some("old".into());
+        let d = decide(&spec("running"), &o, HASH);
+        assert_eq!(d.actions, vec![Action::DeletePod(DeleteReason::Outdated)]);
+        o.pod.as_mut().expect("pod").terminating = true;
+        let d = decide(&spec("running"), &o, HASH);
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn unreachable_or_starting_worker_only_waits() {
+        for w in [
+            WorkerObs::NotAsked,
+            WorkerObs::Unreachable("refused".into()),
+        ] {
+            let d = decide(&spec("paused"), &obs(w), HASH);
+            assert!(d.actions.is_empty());
+            assert!(d.waiting.is_some());
+            assert_eq!(d.requeue, SHORT);
+        }
+    }
+
+    #[test]
+    fn failed_waits_with_backoff_until_retry_annotation() {
+        let mut o = obs(ws(State::Failed, false));
+        o.failed_for = Some(Duration::from_secs(400));
+        let d = decide(&spec("running"), &o, HASH);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.requeue, Duration::from_secs(100));
+        assert_eq!(failed_backoff(None), CALM);
+        assert_eq!(
+            failed_backoff(Some(Duration::from_secs(9999))),
+            Duration::from_secs(120)
+        );
+        o.retry_annotation = Some("1".into());
+        let d = decide(&spec("running"), &o, HASH);
+        assert_eq!(
+            d.actions,
+            vec![Action::Call(WorkerCall::Resume { from_failure: true })]
+        );
+        assert_eq!(d.handled_retry.as_deref(), Some("1"));
+        o.handled_retry = Some("1".into());
+        assert!(decide(&spec("running"), &o, HASH).actions.is_empty());
+    }
+
+    #[test]
+    fn deletion_pauses_then_stops_then_releases() {
+        let mut o = obs(ws(State::Running, false));
+        o.deleting = true;
+        assert_eq!(
+            decide(&spec("running"), &o, HASH).actions,
+            vec![Action::Call(WorkerCall::Pause)]
+        );
+        o.deleting_for = PAUSE_BEFORE_DELETE;
+        assert_eq!(
+            decide(&spec("running"), &o, HASH).actions,
+            vec![Action::DeletePod(DeleteReason::Stopping)]
+        );
+        o.worker = ws(State::Paused, false);
+        o.deleting_for = Duration::ZERO;
+        assert_eq!(
+            decide(&spec("running"), &o, HASH).actions,
+            vec![Action::DeletePod(DeleteReason::Stopping)]
+        );
+        o.pod.as_mut().expect("pod").terminating = true;
+        assert!(decide(&spec("running"), &o, HASH).actions.is_empty());
+        o.pod = None;
+        assert_eq!(
+            decide(&spec("running"), &o, HASH).actions,
+            vec![Action::RemoveFinalizer]
+        );
+        o.has_finalizer = false;
+        assert!(decide(&spec("running"), &o, HASH).actions.is_empty());
+    }
+}

@@ -1,0 +1,538 @@
+//! The MigrationJob status from what was observed and decided (pure), and the conditions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::crd::{
+    CopyStatus, DesiredState, FinalizationStatus, MigrationJobSpec, MigrationJobStatus,
+    ReplicationStatus, VerificationStatus, WorkerPodStatus,
+};
+use crate::api::{FinalizationReport, State, WorkerStatus};
+
+use super::decide::{CredentialsObs, Decision, Observed, WorkerObs};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const PAUSED: &str = "Paused";
+pub const FINALIZED: &str = "Finalized";
+pub const FAILED: &str = "Failed";
+const MAX_LIST: usize = 20;
+
+pub struct Inputs<'a> {
+    pub spec: &'a MigrationJobSpec,
+    pub generation: Option<i64>,
+    pub observed: &'a Observed,
+    pub decision: &'a Decision,
+    pub previous: Option<&'a MigrationJobStatus>,
+    pub now: Time,
+}
+
+pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
+    let prev = i.previous.cloned().unwrap_or_default();
+    let obs = i.observed;
+    let mut st = MigrationJobStatus {
+        observed_generation: i.generation,
+        handled_retry: i
+            .decision
+            .handled_retry
+            .clone()
+            .or(prev.handled_retry.clone()),
+        worker_pod: obs.pod.as_ref().map(|p| WorkerPodStatus {
+            name: p.name.clone(),
+            restarts: p.restarts,
+            ip: p.ip.clone(),
+        }),
+        ..Default::default()
+    };
+    let worker = match &obs.worker {
+        WorkerObs::Status(ws) => Some(ws.as_ref()),
+        _ => None,
+    };
+    match worker {
+        Some(ws) => {
+            st.state = Some(ws.state.as_str().into());
+            st.phase = ws.phase.map(|p| {
+                match p {
+                    crate::api::Phase::Copying => "copying",
+                    crate::api::Phase::Replicating => "replicating",
+                }
+                .to_string()
+            });
+            st.copy = Some(copy_status(ws));
+            st.replication = Some(replication_status(ws));
+            st.finalization = ws.finalization.as_ref().map(finalization_status);
+        }
+        None => {
+            // Keep the last known figures while the worker is out of sight.
+            st.state = prev.state.clone().or(Some("pending".into()));
+            st.phase = prev.phase.clone();
+            st.copy = prev.copy.clone();
+            st.replication = prev.replication.clone();
+            st.finalization = prev.finalization.clone();
+        }
+    }
+    st.progress = st.copy.as_ref().map(|c| format!("{}%", c.percent));
+    st.message = message(i, worker);
+    st.conditions = conditions(i, worker, &prev);
+    st
+}
+
+fn message(i: &Inputs<'_>, worker: Option<&WorkerStatus>) -> Option<String> {
+    if let Some(ws) = worker.filter(|w| w.state == State::Failed) {
+        return Some(
+            ws.error
+                .clone()
+                .unwrap_or_else(|| "the worker reports a failure".into()),
+        );
+    }
+    if let Some(w) = &i.decision.waiting {
+        return Some(w.clone());
+    }
+    worker.map(|ws| ws.info.clone()).filter(|s| !s.is_empty())
+}
+
+fn copy_status(ws: &WorkerStatus) -> CopyStatus {
+    let s = &ws.initial_sync;
+    let percent = if s.clone_completed {
+        100
+    } else if s.estimated_clone_size_bytes == 0 {
+        0
+    } else {
+        ((s.cloned_size_bytes as f64 / s.estimated_clone_size_bytes as f64) * 100.0)
+            .clamp(0.0, 99.0) as u8
+    };
+    CopyStatus {
+        bytes_copied: s.cloned_size_bytes,
+        bytes_total: s.estimated_clone_size_bytes,
+        documents_copied: s.cloned_documents,
+        documents_total: s.estimated_documents,
+        collections_copied: s.collections_completed,
+        collections_total: s.collections_total,
+        percent,
+        eta_seconds: s
+            .eta_seconds
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| e.round() as u64),
+        completed: s.clone_completed,
+    }
+}
+
+fn replication_status(ws: &WorkerStatus) -> ReplicationStatus {
+    ReplicationStatus {
+        lag_seconds: ws
+            .lag_time_seconds
+            .filter(|l| l.is_finite())
+            .map(|l| l.round() as i64),
+        events_applied: ws.events_applied,
+        last_applied_op_time: ws
+            .last_replicated_op_time
+            .as_ref()
+            .map(|o| o.iso_date.clone()),
+        checkpoint_time: ws.checkpoint.as_ref().and_then(|c| c.saved_at.clone()),
+        caught_up: ws.initial_sync.completed,
+    }
+}
+
+fn finalization_status(f: &FinalizationReport) -> FinalizationStatus {
+    FinalizationStatus {
+        step: f.step.clone(),
+        started_at: f.started_at.clone(),
+        completed_at: f.completed_at.clone(),
+        cutoff: f.cutoff.as_ref().map(|c| c.iso_date.clone()),
+        indexes_restored: f.indexes.restored,
+        index_failures: f
+            .indexes
+            .failed
+            .iter()
+            .take(MAX_LIST)
+            .map(|x| format!("{}.{}: {}", x.namespace, x.name, x.reason))
+            .collect(),
+        index_failure_count: f.indexes.failed.len() as u64,
+        verification: f.verification.as_ref().map(|v| VerificationStatus {
+            mode: serde_json::to_value(v.mode)
+                .ok()
+                .and_then(|m| m.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            collections_checked: v.collections_checked,
+            documents_checked: v.documents_checked,
+            mismatch_count: v.mismatch_count,
+            mismatches: v
+                .mismatches
+                .iter()
+                .take(MAX_LIST)
+                .map(|m| format!("{:?} {} {}", m.kind, m.namespace, m.id).to_lowercase())
+                .collect(),
+        }),
+        warnings: f.warnings.iter().take(MAX_LIST).cloned().collect(),
+    }
+}
+
+struct Cond {
+    type_: &'static str,
+    on: bool,
+    reason: &'static str,
+    message: String,
+}
+
+fn conditions(
+    i: &Inputs<'_>,
+    worker: Option<&WorkerStatus>,
+    prev: &MigrationJobStatus,
+) -> Vec<Condition> {
+    let obs = i.observed;
+    let desired = i.spec.desired_state;
+    let state = worker.map(|w| w.state);
+    let waiting = i.decision.waiting.clone().unwrap_or_default();
+    let acting = i
+        .decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, super::decide::Action::Call(_)));
+
+    let failed = match (&obs.credentials, worker) {
+        (CredentialsObs::Missing { message }, _) => Cond {
+            type_: FAILED,
+            on: true,
+            reason: "CredentialsMissing",
+            message: message.clone(),
+        },
+        (_, Some(ws)) if ws.state == State::Failed => Cond {
+            type_: FAILED,
+            on: true,
+            reason: "WorkerFailed",
+            message: ws.error.clone().unwrap_or_default(),
+        },
+        _ => match obs.pod.as_ref().and_then(|p| p.problem.clone()) {
+            Some(p) => Cond {
+                type_: FAILED,
+                on: true,
+                reason: "WorkerPodFailing",
+                message: p,
+            },
+            None => Cond {
+                type_: FAILED,
+                on: false,
+                reason: "NoFailure",
+                message: String::new(),
+            },
+        },
+    };
+    let paused = Cond {
+        type_: PAUSED,
+        on: state == Some(State::Paused),
+        reason: if state == Some(State::Paused) {
+            "Paused"
+        } else {
+            "NotPaused"
+        },
+        message: String::new(),
+    };
+    let fin_msg = worker
+        .and_then(|w| w.finalization.as_ref())
+        .and_then(|f| f.verification.as_ref())
+        .map(|v| {
+            format!(
+                "verified {} documents in {} collections: {} mismatches",
+                v.documents_checked, v.collections_checked, v.mismatch_count
+            )
+        })
+        .unwrap_or_default();
+    let finalized = Cond {
+        type_: FINALIZED,
+        on: state == Some(State::Finalized),
+        reason: if state == Some(State::Finalized) {
+            "Finalized"
+        } else {
+            "NotFinalized"
+        },
+        message: if state == Some(State::Finalized) {
+            fin_msg
+        } else {
+            String::new()
+        },
+    };
+    let (prog_on, prog_reason) = match (state, worker.and_then(|w| w.phase)) {
+        _ if failed.on => (false, "Failed"),
+        (Some(State::Running), Some(crate::api::Phase::Copying)) => (true, "Copying"),
+        (Some(State::Running), _) => (true, "Replicating"),
+        (Some(State::Finalizing), _) => (true, "Finalizing"),
+        _ if acting => (true, "Transitioning"),
+        (None, _) => (true, "WorkerStarting"),
+        (Some(State::Paused), _) => (false, "Paused"),
+        (Some(State::Finalized), _) => (false, "Finalized"),
+        (Some(_), _) => (false, "Idle"),
+    };
+    let progressing = Cond {
+        type_: PROGRESSING,
+        on: prog_on,
+        reason: prog_reason,
+        message: waiting.clone(),
+    };
+    let at_desired = matches!(
+        (desired, state),
+        (DesiredState::Running, Some(State::Running))
+            | (DesiredState::Paused, Some(State::Paused))
+            | (DesiredState::Finalized, Some(State::Finalized))
+    );
+    let ready = Cond {
+        type_: READY,
+        on: at_desired && !failed.on,
+        reason: if failed.on {
+            "Failed"
+        } else if at_desired {
+            "AtDesiredState"
+        } else if worker.is_none() {
+            "WorkerUnavailable"
+        } else {
+            "Transitioning"
+        },
+        message: if at_desired { String::new() } else { waiting },
+    };
+    [ready, progressing, paused, finalized, failed]
+        .into_iter()
+        .map(|c| condition(c, i.generation, &i.now, prev))
+        .collect()
+}
+
+fn condition(c: Cond, generation: Option<i64>, now: &Time, prev: &MigrationJobStatus) -> Condition {
+    let status = if c.on { "True" } else { "False" };
+    let since = prev
+        .conditions
+        .iter()
+        .find(|p| p.type_ == c.type_ && p.status == status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: c.type_.into(),
+        status: status.into(),
+        reason: c.reason.into(),
+        message: truncate(&c.message, 1024),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The condition of `type_` if True.
+pub fn is_true(st: &MigrationJobStatus, type_: &str) -> bool {
+    st.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Since when `type_` has been True.
+pub fn true_since(st: &MigrationJobStatus, type_: &str) -> Option<Time> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.last_transition_time.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::decide::{PodObs, WorkerObs};
+    use std::time::Duration;
+
+    fn spec(d: &str) -> MigrationJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"uri": "mongodb://a:1"}, "target": {"uri": "mongodb://b:1"}, "desiredState": d
+        }))
+        .expect("spec")
+    }
+
+    fn observed(worker: WorkerObs) -> Observed {
+        Observed {
+            deleting: false,
+            deleting_for: Duration::ZERO,
+            has_finalizer: true,
+            token_secret: true,
+            credentials: CredentialsObs::Ready { hash: "c".into() },
+            pod: Some(PodObs {
+                name: "p".into(),
+                restarts: 2,
+                ..Default::default()
+            }),
+            worker,
+            retry_annotation: None,
+            handled_retry: None,
+            failed_for: None,
+        }
+    }
+
+    fn decision() -> Decision {
+        Decision {
+            actions: vec![],
+            requeue: Duration::from_secs(1),
+            waiting: None,
+            handled_retry: None,
+        }
+    }
+
+    fn t(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"))
+    }
+
+    fn cond<'a>(st: &'a MigrationJobStatus, ty: &str) -> &'a Condition {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .expect("condition")
+    }
+
+    fn run(
+        d: &str,
+        w: WorkerObs,
+        prev: Option<&MigrationJobStatus>,
+        now: i64,
+    ) -> MigrationJobStatus {
+        let sp = spec(d);
+        let o = observed(w);
+        let dec = decision();
+        compute(&Inputs {
+            spec: &sp,
+            generation: Some(3),
+            observed: &o,
+            decision: &dec,
+            previous: prev,
+            now: t(now),
+        })
+    }
+
+    fn worker(state: State, f: impl FnOnce(&mut WorkerStatus)) -> WorkerObs {
+        let mut ws = WorkerStatus {
+            ok: true,
+            state,
+            ..Default::default()
+        };
+        f(&mut ws);
+        WorkerObs::Status(Box::new(ws))
+    }
+
+    #[test]
+    fn replicating_is_ready_and_progressing() {
+        let st = run(
+            "running",
+            worker(State::Running, |w| {
+                w.phase = Some(crate::api::Phase::Replicating);
+                w.lag_time_seconds = Some(1.6);
+                w.initial_sync.clone_completed = true;
+                w.initial_sync.completed = true;
+                w.events_applied = 7;
+            }),
+            None,
+            100,
+        );
+        assert_eq!(st.state.as_deref(), Some("running"));
+        assert_eq!(st.progress.as_deref(), Some("100%"));
+        assert_eq!(st.replication.as_ref().and_then(|r| r.lag_seconds), Some(2));
+        assert_eq!(cond(&st, READY).status, "True");
+        assert_eq!(cond(&st, PROGRESSING).reason, "Replicating");
+        assert_eq!(cond(&st, PAUSED).status, "False");
+        assert!(st
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(3)));
+        assert_eq!(st.worker_pod.as_ref().map(|p| p.restarts), Some(2));
+    }
+
+    #[test]
+    fn copy_percent_and_transition_times() {
+        let first = run(
+            "running",
+            worker(State::Running, |w| {
+                w.phase = Some(crate::api::Phase::Copying);
+                w.initial_sync.estimated_clone_size_bytes = 200;
+                w.initial_sync.cloned_size_bytes = 50;
+            }),
+            None,
+            100,
+        );
+        assert_eq!(first.progress.as_deref(), Some("25%"));
+        let paused = run("paused", worker(State::Paused, |_| {}), Some(&first), 200);
+        assert_eq!(cond(&paused, PAUSED).status, "True");
+        assert_eq!(cond(&paused, PAUSED).last_transition_time, t(200));
+        assert_eq!(cond(&paused, FAILED).last_transition_time, t(100));
+        assert_eq!(cond(&paused, READY).status, "True");
+    }
+
+    #[test]
+    fn failure_carries_the_worker_message() {
+        let st = run(
+            "running",
+            worker(State::Failed, |w| {
+                w.ok = false;
+                w.error = Some("authentication to the source deployment failed".into());
+            }),
+            None,
+            5,
+        );
+        assert_eq!(cond(&st, FAILED).status, "True");
+        assert_eq!(cond(&st, FAILED).reason, "WorkerFailed");
+        assert!(cond(&st, FAILED).message.contains("authentication"));
+        assert_eq!(cond(&st, READY).status, "False");
+        assert_eq!(
+            st.message.as_deref(),
+            Some("authentication to the source deployment failed")
+        );
+        assert!(is_true(&st, FAILED));
+        assert_eq!(true_since(&st, FAILED), Some(t(5)));
+    }
+
+    #[test]
+    fn unreachable_worker_keeps_last_figures() {
+        let first = run(
+            "running",
+            worker(State::Running, |w| w.events_applied = 9),
+            None,
+            1,
+        );
+        let st = run(
+            "running",
+            WorkerObs::Unreachable("refused".into()),
+            Some(&first),
+            2,
+        );
+        assert_eq!(st.state.as_deref(), Some("running"));
+        assert_eq!(st.replication.as_ref().map(|r| r.events_applied), Some(9));
+        assert_eq!(cond(&st, READY).reason, "WorkerUnavailable");
+        let fresh = run("running", WorkerObs::NotAsked, None, 1);
+        assert_eq!(fresh.state.as_deref(), Some("pending"));
+    }
+
+    #[test]
+    fn finalized_reports_verification() {
+        let st = run(
+            "finalized",
+            worker(State::Finalized, |w| {
+                w.finalization = Some(FinalizationReport {
+                    step: "done".into(),
+                    verification: Some(crate::api::VerificationReport {
+                        documents_checked: 10,
+                        collections_checked: 2,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
+            None,
+            1,
+        );
+        assert_eq!(cond(&st, FINALIZED).status, "True");
+        assert!(cond(&st, FINALIZED).message.contains("0 mismatches"));
+        assert_eq!(cond(&st, PROGRESSING).status, "False");
+        assert_eq!(
+            st.finalization.as_ref().map(|f| f.step.as_str()),
+            Some("done")
+        );
+    }
+}
