@@ -56,6 +56,13 @@ for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
     if ! grep -q '^test result:' "$LOGS/e2e-$t.log"; then tail -40 "$LOGS/e2e-$t.log"; fail_step "e2e $t did not run"; fi
 done
 
+step "demo (the README's main command, non-interactive)"
+if target/debug/mongoferry demo --documents 5000 >"$LOGS/demo.log" 2>&1; then
+    passed=$((passed + 1)); grep -E "verification|documents:|done in" "$LOGS/demo.log"
+else
+    tail -20 "$LOGS/demo.log"; fail_step "demo"
+fi
+
 if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/controlplane/test.sh ]]; then
     step "Kubernetes control plane (kube-apiserver + etcd + GC built from Go modules)"
     e2e/controlplane/test.sh 2>&1 | tee "$LOGS/controlplane.log" | tail -25
