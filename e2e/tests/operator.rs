@@ -135,15 +135,27 @@ fn install_crd(cp: &ControlPlane) {
     let crd =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/mongoferry.io_migrationjobs.yaml");
     k(cp, &["apply", "-f", &crd.display().to_string()]);
-    k(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/migrationjobs.mongoferry.io",
-            "--timeout=30s",
-        ],
-    );
+    // `kubectl wait` errors (instead of waiting) while the new CRD has no conditions yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = kubectl(
+            cp,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/migrationjobs.mongoferry.io",
+                "--timeout=30s",
+            ],
+        );
+        match r {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the CRD: {e}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => panic!("the CRD was not established: {e}"),
+        }
+    }
 }
 
 fn secret_yaml(name: &str, password: &str) -> String {
