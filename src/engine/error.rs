@@ -56,6 +56,10 @@ pub enum EngineError {
         #[source]
         source: MongoError,
     },
+    /// A failure already described (e.g. by an applier task) that a retry from the
+    /// checkpoint may overcome: a transient driver error passed between tasks as text.
+    #[error("{0}")]
+    Retry(String),
     #[error("{0}")]
     Other(String),
 }
@@ -184,11 +188,20 @@ impl EngineError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            EngineError::Unreachable { .. } | EngineError::LeaseHeld { .. } => {
-                ErrorClass::Transient
-            }
+            EngineError::Unreachable { .. }
+            | EngineError::LeaseHeld { .. }
+            | EngineError::Retry(_) => ErrorClass::Transient,
             EngineError::Mongo { source, .. } => classify_mongo(source),
             _ => ErrorClass::Fatal,
+        }
+    }
+
+    /// The same failure as text, keeping its class: for handing an error to another task
+    /// (the driver error itself is not kept).
+    pub fn as_text(&self) -> EngineError {
+        match self.class() {
+            ErrorClass::Transient => EngineError::Retry(self.to_string()),
+            ErrorClass::Fatal => EngineError::Other(self.to_string()),
         }
     }
 
@@ -206,6 +219,7 @@ impl EngineError {
             EngineError::Invalid(_) => "invalid",
             EngineError::TargetNotEmpty(_) => "target_not_empty",
             EngineError::Mongo { .. } => "mongo",
+            EngineError::Retry(_) => "transient",
             EngineError::Other(_) => "other",
         }
     }
