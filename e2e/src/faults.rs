@@ -98,6 +98,48 @@ fn caught_up(s: &Value, lag: f64) -> bool {
         && s["lagTimeSeconds"].as_f64().is_some_and(|l| l < lag)
 }
 
+/// Write a marker document on the source and wait until the worker has replicated it to the
+/// target: the end-to-end proof that replication works again. Returns the seconds it took.
+pub async fn marker_through(
+    w: &WorkerProcess,
+    src: &Client,
+    dst: &Client,
+    tag: &str,
+    timeout: Duration,
+) -> R<f64> {
+    let t = Instant::now();
+    let deadline = t + timeout;
+    let id = format!("marker-{tag}");
+    let coll = |c: &Client| c.database("wl_app").collection::<Document>("fault_markers");
+    loop {
+        match coll(src).insert_one(doc! {"_id": &id}).await {
+            Ok(_) => break,
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == 11000) => break,
+            Err(e) if Instant::now() > deadline => return Err(format!("marker insert: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    loop {
+        if let Ok(Some(_)) = coll(dst).find_one(doc! {"_id": &id}).await {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        let s = w.status().await;
+        if s["state"] == "failed" {
+            return Err(format!(
+                "failed while waiting for the marker: {}",
+                s["error"].as_str().unwrap_or("")
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the marker did not reach the target within {timeout:?}: state {} info {} lag {}",
+                s["state"], s["info"], s["lagTimeSeconds"]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Transient errors the worker logged and retried.
 pub fn retries_in(log: &str) -> usize {
     log.lines()
@@ -368,7 +410,10 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
                     })
                     .await
                 }
-                _ => poll(&w, "caught up", Duration::from_secs(300), |s| caught_up(s, 2.0)).await,
+                _ => {
+                    let m = marker_through(&w, &c, &dst.client(), &format!("{seed}-{i}"), Duration::from_secs(300)).await;
+                    m.map(|_| Value::Null)
+                }
             };
             res.secs = started.elapsed().as_secs_f64();
             match back {
@@ -544,10 +589,7 @@ pub async fn server_fault(side: Side, phase: Phase, fault: ServerFault) -> CaseR
             _ => s.uri(),
         };
         let w = WorkerProcess::start(worker_opts(uri(&src, Side::Source), uri(&dst, Side::Target))).await;
-        let mut body = slow_copy();
-        if failpoint {
-            body["clone"]["batchBytes"] = json!(16384);
-        }
+        let body = slow_copy();
         w.start_migration(body).await;
         let wl = Workload::spawn(c.clone(), workload_cfg(9, colls, rate));
         // Wait for the phase.
@@ -635,10 +677,10 @@ pub async fn server_fault(side: Side, phase: Phase, fault: ServerFault) -> CaseR
             })
             .await
         } else {
-            poll(&w, "caught up after the fault", Duration::from_secs(300), |s| {
-                caught_up(s, 2.0)
-            })
-            .await
+            let src_c = src.client();
+            marker_through(&w, &src_c, &dst.client(), "fault", Duration::from_secs(300))
+                .await
+                .map(|_| Value::Null)
         };
         match back {
             Ok(_) => res.recover_secs = Some(fault_end.elapsed().as_secs_f64()),
@@ -1041,8 +1083,8 @@ pub async fn secret_scan() -> CaseResult {
         .await;
         let bst = poll(&bad, "failed", Duration::from_secs(60), |s| s["state"] == "failed")
             .await
-            .err()
-            .unwrap_or_default();
+            .map(|s| s["error"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|e| e);
         // A password inside the URI (allowed, though files are recommended): redacted.
         let inline = WorkerProcess::start(WorkerOptions {
             no_wait_ready: true,
