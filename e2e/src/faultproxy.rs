@@ -175,7 +175,9 @@ impl FaultProxy {
 
     /// Limit client → server bytes per second (`0` = unlimited).
     pub fn set_throttle(&self, bytes_per_sec: u64) {
-        self.ctl.throttle_bps.store(bytes_per_sec, Ordering::Relaxed);
+        self.ctl
+            .throttle_bps
+            .store(bytes_per_sec, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -336,7 +338,11 @@ mod tests {
         p.set_latency(Duration::from_millis(100));
         let t = Instant::now();
         roundtrip(p.port(), b"l").await.expect("echo");
-        assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
         p.set_latency(Duration::ZERO);
 
         // Throttle: 20 kB at 40 kB/s takes about half a second.
@@ -347,6 +353,9 @@ mod tests {
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(400), "{took:?}");
         let st = p.stats();
-        assert!(st.refused >= 1 && st.cuts >= 2 && st.up_bytes >= 20_000, "{st:?}");
+        assert!(
+            st.refused >= 1 && st.cuts >= 2 && st.up_bytes >= 20_000,
+            "{st:?}"
+        );
     }
 }

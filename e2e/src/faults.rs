@@ -94,8 +94,7 @@ fn copy_done(s: &Value) -> bool {
 }
 
 fn caught_up(s: &Value, lag: f64) -> bool {
-    s["initialSync"]["completed"] == true
-        && s["lagTimeSeconds"].as_f64().is_some_and(|l| l < lag)
+    s["initialSync"]["completed"] == true && s["lagTimeSeconds"].as_f64().is_some_and(|l| l < lag)
 }
 
 /// Write a marker document on the source and wait until the worker has replicated it to the
@@ -114,7 +113,9 @@ pub async fn marker_through(
     loop {
         match coll(src).insert_one(doc! {"_id": &id}).await {
             Ok(_) => break,
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == 11000) => break,
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) if we.code == 11000) => {
+                break
+            }
             Err(e) if Instant::now() > deadline => return Err(format!("marker insert: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -187,9 +188,12 @@ pub async fn finalize_and_compare(
     src: &Client,
     dst: &Client,
 ) -> (String, Option<bool>, String) {
-    if let Err(e) = poll(w, "caught up before finalize", Duration::from_secs(300), |s| {
-        caught_up(s, 2.0)
-    })
+    if let Err(e) = poll(
+        w,
+        "caught up before finalize",
+        Duration::from_secs(300),
+        |s| caught_up(s, 2.0),
+    )
     .await
     {
         return (e.clone(), None, e);
@@ -339,9 +343,18 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
         for (i, at) in points.into_iter().enumerate() {
             let started = Instant::now();
             let (group, name) = match at {
-                KillAt::Copy(f) => ("worker SIGKILL during copy", format!("seed {seed} kill {i}: copy at {:.0}%", f * 100.0)),
-                KillAt::Replication(s) => ("worker SIGKILL during replication", format!("seed {seed} kill {i}: replication +{s:.1}s")),
-                KillAt::Finalize(s) => ("worker SIGKILL during finalize", format!("seed {seed} kill {i}: finalize +{s:.1}s")),
+                KillAt::Copy(f) => (
+                    "worker SIGKILL during copy",
+                    format!("seed {seed} kill {i}: copy at {:.0}%", f * 100.0),
+                ),
+                KillAt::Replication(s) => (
+                    "worker SIGKILL during replication",
+                    format!("seed {seed} kill {i}: replication +{s:.1}s"),
+                ),
+                KillAt::Finalize(s) => (
+                    "worker SIGKILL during finalize",
+                    format!("seed {seed} kill {i}: finalize +{s:.1}s"),
+                ),
             };
             let mut res = CaseResult {
                 group: group.into(),
@@ -369,8 +382,10 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
                         if let Some(h) = wl.take() {
                             h.stop().await;
                         }
-                        poll(&w, "caught up", Duration::from_secs(300), |s| caught_up(s, 2.0))
-                            .await?;
+                        poll(&w, "caught up", Duration::from_secs(300), |s| {
+                            caught_up(s, 2.0)
+                        })
+                        .await?;
                         let a = w.post("/finalize", json!({})).await;
                         if a.code != 200 {
                             return Err(format!("finalize refused: {}", a.body));
@@ -399,9 +414,12 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
             w.restart().await;
             let back = match at {
                 KillAt::Copy(_) if !copy_was_done => {
-                    poll(&w, "copy back where it was", Duration::from_secs(300), |s| {
-                        cloned(s) > at_kill || copy_done(s)
-                    })
+                    poll(
+                        &w,
+                        "copy back where it was",
+                        Duration::from_secs(300),
+                        |s| cloned(s) > at_kill || copy_done(s),
+                    )
                     .await
                 }
                 KillAt::Finalize(_) => {
@@ -411,7 +429,14 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
                     .await
                 }
                 _ => {
-                    let m = marker_through(&w, &c, &dst.client(), &format!("{seed}-{i}"), Duration::from_secs(300)).await;
+                    let m = marker_through(
+                        &w,
+                        &c,
+                        &dst.client(),
+                        &format!("{seed}-{i}"),
+                        Duration::from_secs(300),
+                    )
+                    .await;
                     m.map(|_| Value::Null)
                 }
             };
@@ -420,7 +445,14 @@ pub async fn worker_kills(seed: u64, docs_per_coll: u64, quick: bool) -> Vec<Cas
                 Ok(_) => {
                     res.recover_secs = Some(t.elapsed().as_secs_f64());
                     res.passed = true;
-                    res.outcome = format!("recovered (state at kill: {state_at_kill}{})", if copy_was_done && matches!(at, KillAt::Copy(_)) { ", copy had finished" } else { "" });
+                    res.outcome = format!(
+                        "recovered (state at kill: {state_at_kill}{})",
+                        if copy_was_done && matches!(at, KillAt::Copy(_)) {
+                            ", copy had finished"
+                        } else {
+                            ""
+                        }
+                    );
                 }
                 Err(e) => {
                     res.outcome = e.clone();
@@ -734,7 +766,11 @@ pub async fn slow_target(bps: u64, hold: Duration) -> CaseResult {
     let t0 = Instant::now();
     let mut res = CaseResult {
         group: "slow target (proxy throttle)".into(),
-        name: format!("target throttled to {} KB/s for {}s", bps / 1000, hold.as_secs()),
+        name: format!(
+            "target throttled to {} KB/s for {}s",
+            bps / 1000,
+            hold.as_secs()
+        ),
         ..Default::default()
     };
     let r: R<()> = async {
@@ -817,16 +853,48 @@ pub fn make_certs(dir: &Path) -> Option<TlsFiles> {
     .ok()?;
     let steps: [&[&str]; 3] = [
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=mongoferry-test-ca",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mongoferry-test-ca",
         ],
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ],
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
         ],
     ];
     for step in steps {
@@ -885,7 +953,12 @@ pub async fn tls_cases() -> Vec<CaseResult> {
         seed(&c, 1, 500, 1).await?;
         // URIs without tlsCAFile: the CA comes from the worker's flags.
         let plain = |s: &MongoServer| format!("mongodb://127.0.0.1:{}/?tls=true", s.port());
-        let ca = tls.ca_file.clone().unwrap_or_default().display().to_string();
+        let ca = tls
+            .ca_file
+            .clone()
+            .unwrap_or_default()
+            .display()
+            .to_string();
         let w = WorkerProcess::start(WorkerOptions {
             args: vec![
                 "--source-tls-ca-file".into(),
@@ -919,7 +992,10 @@ pub async fn tls_cases() -> Vec<CaseResult> {
                 ca,
             ],
             no_wait_ready: true,
-            ..worker_opts(plain(&src), format!("mongodb://127.0.0.1:{}/?tls=true", dst.port()))
+            ..worker_opts(
+                plain(&src),
+                format!("mongodb://127.0.0.1:{}/?tls=true", dst.port()),
+            )
         })
         .await;
         // Either `failed`, or waiting with a message naming TLS / the certificate.
@@ -1074,17 +1150,22 @@ pub async fn secret_scan() -> CaseResult {
         })
         .await;
         good.start_migration(json!({})).await;
-        poll(&good, "caught up", Duration::from_secs(120), |s| caught_up(s, 2.0)).await?;
+        poll(&good, "caught up", Duration::from_secs(120), |s| {
+            caught_up(s, 2.0)
+        })
+        .await?;
         let bad = WorkerProcess::start(WorkerOptions {
             args: files("bad"),
             no_wait_ready: true,
             ..worker_opts(src.uri_without_credentials(), dst.uri_without_credentials())
         })
         .await;
-        let bst = poll(&bad, "failed", Duration::from_secs(60), |s| s["state"] == "failed")
-            .await
-            .map(|s| s["error"].as_str().unwrap_or("").to_string())
-            .unwrap_or_else(|e| e);
+        let bst = poll(&bad, "failed", Duration::from_secs(60), |s| {
+            s["state"] == "failed"
+        })
+        .await
+        .map(|s| s["error"].as_str().unwrap_or("").to_string())
+        .unwrap_or_else(|e| e);
         // A password inside the URI (allowed, though files are recommended): redacted.
         let inline = WorkerProcess::start(WorkerOptions {
             no_wait_ready: true,
@@ -1098,14 +1179,21 @@ pub async fn secret_scan() -> CaseResult {
                 texts.push((format!("{name} worker {place}"), text));
             }
         }
-        let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let refs: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let secrets = [spw, tpw, wrong, "api-T0ken-4411"];
         let found = scan_secrets(&secrets, &refs);
         let scanned: usize = texts.iter().map(|(_, t)| t.len()).sum();
         res.passed = found.is_empty() && bst.contains("authentication");
         res.data_equal = None;
         res.outcome = if found.is_empty() {
-            format!("no secret in {} texts ({} KiB)", texts.len(), scanned / 1024)
+            format!(
+                "no secret in {} texts ({} KiB)",
+                texts.len(),
+                scanned / 1024
+            )
         } else {
             format!("secrets found: {found:?}")
         };
@@ -1178,13 +1266,20 @@ pub fn summary(results: &[CaseResult]) -> String {
             "| {} | {} | {} | {} | {} | {} | {:.0}s |\n",
             r.name,
             if r.passed { "yes" } else { "**no**" },
-            r.outcome.replace('|', "\\|").replace('\n', " ").chars().take(160).collect::<String>(),
+            r.outcome
+                .replace('|', "\\|")
+                .replace('\n', " ")
+                .chars()
+                .take(160)
+                .collect::<String>(),
             match r.data_equal {
                 Some(true) => "yes",
                 Some(false) => "**NO**",
                 None => "n/a",
             },
-            r.recover_secs.map(|x| format!("{x:.1}s")).unwrap_or_else(|| "–".into()),
+            r.recover_secs
+                .map(|x| format!("{x:.1}s"))
+                .unwrap_or_else(|| "–".into()),
             r.retries,
             r.secs
         ));
@@ -1218,7 +1313,10 @@ mod tests {
         assert_eq!(kill_points(3), kill_points(3));
         let all: Vec<KillAt> = (1..=4).flat_map(kill_points).collect();
         assert_eq!(all.len(), 20);
-        assert_eq!(all.iter().filter(|k| matches!(k, KillAt::Copy(_))).count(), 8);
+        assert_eq!(
+            all.iter().filter(|k| matches!(k, KillAt::Copy(_))).count(),
+            8
+        );
         assert_eq!(
             all.iter()
                 .filter(|k| matches!(k, KillAt::Finalize(_)))

@@ -26,11 +26,7 @@ fn check(results: &[CaseResult]) {
             r.name,
             r.detail
         );
-        assert!(
-            r.passed,
-            "{} failed: {}\n{}",
-            r.name, r.outcome, r.detail
-        );
+        assert!(r.passed, "{} failed: {}\n{}", r.name, r.outcome, r.detail);
     }
 }
 
@@ -46,7 +42,14 @@ async fn source_restart_during_replication() {
         Phase::Replication,
         ServerFault::KillRestart(Duration::from_secs(2)),
     );
-    check(&guarded("source restart", "source restart", async move { vec![r.await] }).await);
+    check(
+        &guarded(
+            "source restart",
+            "source restart",
+            async move { vec![r.await] },
+        )
+        .await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +59,14 @@ async fn target_restart_during_copy() {
         Phase::Copy,
         ServerFault::KillRestart(Duration::from_secs(2)),
     );
-    check(&guarded("target restart", "target restart", async move { vec![r.await] }).await);
+    check(
+        &guarded(
+            "target restart",
+            "target restart",
+            async move { vec![r.await] },
+        )
+        .await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

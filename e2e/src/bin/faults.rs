@@ -26,7 +26,11 @@ fn one(
     group: &'static str,
     f: impl std::future::Future<Output = CaseResult> + Send + 'static,
 ) -> Case {
-    (group, group.to_string(), Box::pin(async move { vec![f.await] }))
+    (
+        group,
+        group.to_string(),
+        Box::pin(async move { vec![f.await] }),
+    )
 }
 
 fn fail(commands: &[&'static str], code: Option<i32>, wce: bool, times: i32) -> ServerFault {
@@ -72,21 +76,61 @@ fn cases(full: bool) -> Vec<Case> {
                 ServerFault::NetworkCut(Duration::from_secs(5)),
             ),
             // Copy reads.
-            (Side::Source, Phase::Copy, fail(&["find", "getMore"], None, false, 4)),
-            (Side::Source, Phase::Copy, fail(&["find", "getMore"], Some(10107), false, 4)),
-            (Side::Source, Phase::Copy, fail(&["getMore"], Some(43), false, 2)),
+            (
+                Side::Source,
+                Phase::Copy,
+                fail(&["find", "getMore"], None, false, 4),
+            ),
+            (
+                Side::Source,
+                Phase::Copy,
+                fail(&["find", "getMore"], Some(10107), false, 4),
+            ),
+            (
+                Side::Source,
+                Phase::Copy,
+                fail(&["getMore"], Some(43), false, 2),
+            ),
             // Copy inserts.
             (Side::Target, Phase::Copy, fail(&["insert"], None, false, 4)),
-            (Side::Target, Phase::Copy, fail(&["insert"], Some(10107), false, 4)),
+            (
+                Side::Target,
+                Phase::Copy,
+                fail(&["insert"], Some(10107), false, 4),
+            ),
             (Side::Target, Phase::Copy, fail(&["insert"], None, true, 4)),
             // The change stream.
-            (Side::Source, Phase::Replication, fail(&["aggregate", "getMore"], None, false, 4)),
-            (Side::Source, Phase::Replication, fail(&["aggregate", "getMore"], Some(10107), false, 4)),
-            (Side::Source, Phase::Replication, fail(&["getMore"], Some(43), false, 2)),
+            (
+                Side::Source,
+                Phase::Replication,
+                fail(&["aggregate", "getMore"], None, false, 4),
+            ),
+            (
+                Side::Source,
+                Phase::Replication,
+                fail(&["aggregate", "getMore"], Some(10107), false, 4),
+            ),
+            (
+                Side::Source,
+                Phase::Replication,
+                fail(&["getMore"], Some(43), false, 2),
+            ),
             // Bulk writes of replication.
-            (Side::Target, Phase::Replication, fail(&["update", "delete"], None, false, 4)),
-            (Side::Target, Phase::Replication, fail(&["update", "delete"], Some(10107), false, 4)),
-            (Side::Target, Phase::Replication, fail(&["update", "delete"], None, true, 4)),
+            (
+                Side::Target,
+                Phase::Replication,
+                fail(&["update", "delete"], None, false, 4),
+            ),
+            (
+                Side::Target,
+                Phase::Replication,
+                fail(&["update", "delete"], Some(10107), false, 4),
+            ),
+            (
+                Side::Target,
+                Phase::Replication,
+                fail(&["update", "delete"], None, true, 4),
+            ),
         ]);
     } else {
         servers.push((
@@ -102,11 +146,7 @@ fn cases(full: bool) -> Vec<Case> {
         "slow target",
         slow_target(100_000, Duration::from_secs(if full { 30 } else { 15 })),
     ));
-    v.push((
-        "TLS",
-        "TLS".into(),
-        Box::pin(tls_cases()),
-    ));
+    v.push(("TLS", "TLS".into(), Box::pin(tls_cases())));
     v.push(one("secret scan", secret_scan()));
     v
 }
