@@ -2,6 +2,8 @@
 
 pub mod compare;
 pub mod controlplane;
+pub mod faultproxy;
+pub mod faults;
 pub mod servers;
 pub mod worker;
 pub mod workload;

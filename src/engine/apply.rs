@@ -458,7 +458,9 @@ fn stream_error(e: mongodb::error::Error, from: Timestamp) -> EngineError {
 async fn applier(ctx: Arc<Ctx>, id: usize, mut rx: mpsc::Receiver<Msg>, bulk_ops: usize) {
     let mut buf: Vec<(String, String, WriteOp)> = Vec::new();
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
-    let mut failed: Option<String> = None;
+    // The first failure, kept with its class: a transient one (a target restarting) makes
+    // the pipeline retry from the checkpoint, not fail.
+    let mut failed: Option<EngineError> = None;
     let mut applied_since_ack: u64 = 0;
     let label = id.to_string();
     while let Some(msg) = rx.recv().await {
@@ -477,14 +479,14 @@ async fn applier(ctx: Arc<Ctx>, id: usize, mut rx: mpsc::Receiver<Msg>, bulk_ops
                 if buf.len() >= bulk_ops {
                     match flush(&ctx, &mut buf).await {
                         Ok(n) => applied_since_ack += n,
-                        Err(e) => failed = Some(e.to_string()),
+                        Err(e) => failed = Some(e),
                     }
                     permits.clear();
                 }
             }
             Msg::Flush(ack) => {
                 let r = if let Some(f) = &failed {
-                    Err(EngineError::Other(f.clone()))
+                    Err(f.as_text())
                 } else {
                     match flush(&ctx, &mut buf).await {
                         Ok(n) => {
@@ -493,9 +495,9 @@ async fn applier(ctx: Arc<Ctx>, id: usize, mut rx: mpsc::Receiver<Msg>, bulk_ops
                             Ok(total)
                         }
                         Err(e) => {
-                            let m = e.to_string();
-                            failed = Some(m);
-                            Err(e)
+                            let r = Err(e.as_text());
+                            failed = Some(e);
+                            r
                         }
                     }
                 };
@@ -608,6 +610,9 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
         for chunk in deletes.chunks(10_000) {
             let cmd = doc! {"delete": coll, "deletes": chunk.to_vec(), "ordered": false};
             let reply = retrying(ctx, &ctx.target.database(db), &cmd, "deleting").await?;
+            if let Ok(wce) = reply.get_document("writeConcernError") {
+                return Err(wce_error(wce, &format!("{db}.{coll}")));
+            }
             if let Some(e) = first_write_error(&reply) {
                 return Err(EngineError::Other(format!(
                     "deleting in {db}.{coll} failed: {e}"
@@ -655,11 +660,32 @@ async fn run_updates(
         }
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(EngineError::Other(format!(
-            "the target did not confirm writes to {db}.{coll}: {wce}"
-        )));
+        return Err(wce_error(wce, &format!("{db}.{coll}")));
     }
     Ok(refetch)
+}
+
+/// A write-concern error in a reply: the writes happened but were not confirmed. A transient
+/// code (a primary stepping down, a timeout) is retried from the checkpoint (every write the
+/// appliers issue is idempotent); any other stops the migration with the server's message.
+fn wce_error(wce: &Document, ns: &str) -> EngineError {
+    let code = catalog_num(wce.get("code")) as i32;
+    let msg = format!(
+        "the target did not confirm writes to {ns}: write concern error {} (code {code})",
+        wce.get_str("errmsg").unwrap_or("")
+    );
+    match super::error::classify_parts(Some(code), &[], false) {
+        ErrorClass::Transient => EngineError::Retry(msg),
+        ErrorClass::Fatal => EngineError::Other(msg),
+    }
+}
+
+/// Whether a reply carries a write-concern error worth retrying at once.
+fn transient_wce(reply: &Document) -> bool {
+    reply
+        .get_document("writeConcernError")
+        .ok()
+        .is_some_and(|w| wce_error(w, "").class() == ErrorClass::Transient)
 }
 
 fn catalog_num(b: Option<&Bson>) -> i64 {
@@ -760,6 +786,12 @@ async fn retrying(
     let mut delay = Duration::from_millis(100);
     loop {
         match db.run_command(cmd.clone()).await {
+            Ok(d) if transient_wce(&d) && started.elapsed() < Duration::from_secs(60) => {
+                ctx.metrics.errors.with_label_values(&["apply_retry"]).inc();
+                warn!(reply = %d, "write concern error while {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
             Ok(d) => return Ok(d),
             Err(e)
                 if classify_mongo(&e) == ErrorClass::Transient

@@ -128,10 +128,12 @@ pub async fn probe(client: &Client, side: Side) -> Result<ServerInfo> {
 
 fn connect_error(side: Side, e: mongodb::error::Error) -> EngineError {
     if super::error::is_network(&e) {
-        EngineError::Unreachable {
-            side,
-            detail: e.to_string(),
+        let text = e.to_string();
+        let detail = super::error::server_error_summary(&text);
+        if super::error::is_tls_failure(&text) {
+            return EngineError::TlsFailed { side, detail };
         }
+        EngineError::Unreachable { side, detail }
     } else {
         EngineError::mongo(side, "connecting", e)
     }

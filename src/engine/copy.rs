@@ -476,7 +476,23 @@ async fn insert_batch(
             }
         }
         attempt += 1;
-        if classify_mongo(&e) == ErrorClass::Transient && attempt < 8 {
+        // Duplicates (of an earlier attempt) plus a write-concern error: the write concern
+        // decides. Classifying by the first write error (11000) would make a transient
+        // write-concern error (a retried batch on a stepping-down target) fatal.
+        let class = match e.kind.as_ref() {
+            ErrorKind::InsertMany(m)
+                if m.write_errors
+                    .as_ref()
+                    .is_none_or(|w| w.iter().all(|w| w.code == 11000)) =>
+            {
+                match &m.write_concern_error {
+                    Some(w) => super::error::classify_parts(Some(w.code), &[], false),
+                    None => classify_mongo(&e),
+                }
+            }
+            _ => classify_mongo(&e),
+        };
+        if class == ErrorClass::Transient && attempt < 8 {
             ctx.metrics
                 .errors
                 .with_label_values(&["copy_insert_retry"])
@@ -484,11 +500,13 @@ async fn insert_batch(
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             continue;
         }
-        return Err(EngineError::mongo(
-            Side::Target,
-            format!("inserting into {db}.{coll}"),
-            e,
-        ));
+        let err = EngineError::mongo(Side::Target, format!("inserting into {db}.{coll}"), e);
+        return Err(if class == ErrorClass::Transient {
+            // Still transient after the retries here: retry from the checkpoint.
+            EngineError::Retry(err.to_string())
+        } else {
+            err
+        });
     }
 }
 

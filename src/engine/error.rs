@@ -26,6 +26,8 @@ pub enum EngineError {
     Unreachable { side: Side, detail: String },
     #[error("authentication to the {side} deployment failed: {detail}. Check the user name and password (and authSource)")]
     AuthFailed { side: Side, detail: String },
+    #[error("TLS to the {side} deployment failed: {detail}. Check the CA file (--{side}-tls-ca-file or tlsCAFile): it must hold the CA that signed the server's certificate, and the certificate must name the host in the URI")]
+    TlsFailed { side: Side, detail: String },
     #[error("the {side} deployment is not a replica set (change streams need one); run it as a replica set, even of one member")]
     NotReplicaSet { side: Side },
     #[error(
@@ -56,6 +58,10 @@ pub enum EngineError {
         #[source]
         source: MongoError,
     },
+    /// A failure already described (e.g. by an applier task) that a retry from the
+    /// checkpoint may overcome: a transient driver error passed between tasks as text.
+    #[error("{0}")]
+    Retry(String),
     #[error("{0}")]
     Other(String),
 }
@@ -109,6 +115,29 @@ pub fn describe(e: &MongoError) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// The server's own error inside a driver error that describes a whole topology (a server
+/// selection timeout lists every server with its last error): the first server error, else the
+/// text as given.
+pub fn server_error_summary(text: &str) -> String {
+    const START: &str = "Error: Kind: ";
+    if let Some(i) = text.find(START) {
+        let rest = &text[i + START.len()..];
+        let end = rest.find(", labels").unwrap_or(rest.len());
+        let inner = rest[..end].trim();
+        let inner = inner.strip_prefix("I/O error: ").unwrap_or(inner);
+        if !inner.is_empty() {
+            return inner.to_string();
+        }
+    }
+    text.to_string()
+}
+
+/// Whether a connection error is a TLS failure (a certificate not trusted, a handshake refused).
+pub fn is_tls_failure(text: &str) -> bool {
+    let t = text.to_lowercase();
+    t.contains("certificate") || t.contains("tls handshake") || t.contains("handshakefailure")
 }
 
 /// Codes that mean the collection went away under a read (dropped or renamed meanwhile).
@@ -184,11 +213,20 @@ impl EngineError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            EngineError::Unreachable { .. } | EngineError::LeaseHeld { .. } => {
-                ErrorClass::Transient
-            }
+            EngineError::Unreachable { .. }
+            | EngineError::LeaseHeld { .. }
+            | EngineError::Retry(_) => ErrorClass::Transient,
             EngineError::Mongo { source, .. } => classify_mongo(source),
             _ => ErrorClass::Fatal,
+        }
+    }
+
+    /// The same failure as text, keeping its class: for handing an error to another task
+    /// (the driver error itself is not kept).
+    pub fn as_text(&self) -> EngineError {
+        match self.class() {
+            ErrorClass::Transient => EngineError::Retry(self.to_string()),
+            ErrorClass::Fatal => EngineError::Other(self.to_string()),
         }
     }
 
@@ -197,6 +235,7 @@ impl EngineError {
         match self {
             EngineError::Unreachable { .. } => "unreachable",
             EngineError::AuthFailed { .. } => "auth",
+            EngineError::TlsFailed { .. } => "tls",
             EngineError::NotReplicaSet { .. } => "topology",
             EngineError::HistoryLost { .. } => "history_lost",
             EngineError::UnexpectedDdl(_) => "ddl",
@@ -206,6 +245,7 @@ impl EngineError {
             EngineError::Invalid(_) => "invalid",
             EngineError::TargetNotEmpty(_) => "target_not_empty",
             EngineError::Mongo { .. } => "mongo",
+            EngineError::Retry(_) => "transient",
             EngineError::Other(_) => "other",
         }
     }
@@ -241,6 +281,23 @@ mod tests {
         assert_eq!(classify_parts(Some(286), &[], false), ErrorClass::Fatal);
         assert_eq!(classify_parts(Some(11000), &[], false), ErrorClass::Fatal);
         assert_eq!(classify_parts(None, &[], false), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn topology_dumps_are_summarised() {
+        let t = "Kind: Server selection timeout: No available servers. Topology: { Type: Unknown, Servers: [ { Address: 127.0.0.1:1, Type: Unknown, Error: Kind: I/O error: invalid peer certificate: BadSignature, labels: {\"RetryableError\"}, source: None } ] }, labels: {}";
+        assert_eq!(
+            server_error_summary(t),
+            "invalid peer certificate: BadSignature"
+        );
+        assert!(is_tls_failure(t));
+        assert_eq!(server_error_summary("plain"), "plain");
+        let e = EngineError::TlsFailed {
+            side: Side::Source,
+            detail: server_error_summary(t),
+        };
+        assert!(e.to_string().contains("--source-tls-ca-file"));
+        assert_eq!(e.class(), ErrorClass::Fatal);
     }
 
     #[test]

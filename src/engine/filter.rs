@@ -144,6 +144,16 @@ pub fn is_system_db(db: &str) -> bool {
     SYSTEM_DBS.contains(&db)
 }
 
+/// Cases for the fuzzing property tests: `PROPTEST_CASES` when set (the full reliability run
+/// uses 100,000), else `default`.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +255,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        // 2000 cases by default; `PROPTEST_CASES=100000` in the full reliability run
+        // (docs/reliability.md).
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            crate::engine::filter::fuzz_cases(2000)
+        ))]
         /// The parser never panics, and a parsed filter never selects a system database.
         #[test]
         fn fuzz_patterns(p in ".{0,40}", db in "[a-z]{1,8}", coll in "[a-z.]{1,12}") {

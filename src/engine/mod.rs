@@ -465,7 +465,13 @@ impl Engine {
     async fn pipeline(&self, cancel: CancellationToken) {
         let mut delay = Duration::from_secs(1);
         loop {
+            let began = std::time::Instant::now();
             let r = self.run_once(&cancel).await;
+            // A run that went well for a while starts the backoff afresh: one fault an hour
+            // must not wait out the longest delay.
+            if began.elapsed() >= Duration::from_secs(60) {
+                delay = Duration::from_secs(1);
+            }
             match r {
                 Ok(()) => return,
                 Err(e) if e.class() == ErrorClass::Transient && !cancel.is_cancelled() => {

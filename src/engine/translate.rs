@@ -376,7 +376,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        // 5000 cases by default; `PROPTEST_CASES=100000` in the full reliability run
+        // (docs/reliability.md).
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            crate::engine::filter::fuzz_cases(5000)
+        ))]
         /// Translation never panics, and a produced update only uses plain dotted paths.
         #[test]
         fn fuzz_update_translation(
