@@ -252,9 +252,12 @@ async fn edge_documents_migrate_exactly() {
     )
     .await
     .expect("update");
-    coll.replace_one(doc! {"_id": 103}, doc! {"$odd": 1, "a.b": {"c.d": 2}})
-        .await
-        .expect("replace");
+    coll.replace_one(
+        doc! {"_id": 103},
+        doc! {"a.b": {"c.d": 2}, "odd": {"x.y": 1}},
+    )
+    .await
+    .expect("replace");
     w.wait_caught_up(1.0, Duration::from_secs(300)).await;
     assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
 }

@@ -562,6 +562,10 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
     let mut refetch: Vec<Document> = Vec::new();
     for op in ops {
         match op {
+            WriteOp::Upsert { ref doc, .. } if has_dollar_fields(doc) => {
+                // A replacement may not hold `$`-prefixed field names: written alone.
+                updates.push((Document::new(), op));
+            }
             WriteOp::Upsert {
                 ref filter,
                 ref doc,
@@ -711,11 +715,7 @@ async fn write_alone(ctx: &Ctx, db: &str, coll: &str, op: &WriteOp) -> Result<()
     let ns = format!("{db}.{coll}");
     match op {
         WriteOp::Upsert { filter, doc } => {
-            c.replace_one(filter.clone(), doc)
-                .upsert(true)
-                .bypass_document_validation(true)
-                .await
-                .on(Side::Target, &format!("writing to {ns}"))?;
+            put_document(ctx, db, coll, filter.clone(), doc.clone()).await?
         }
         WriteOp::Update { filter, updates } => {
             for u in updates {
@@ -745,6 +745,40 @@ async fn write_alone(ctx: &Ctx, db: &str, coll: &str, op: &WriteOp) -> Result<()
     Ok(())
 }
 
+fn has_dollar_fields(d: &Document) -> bool {
+    translate::has_dollar_keys(&Bson::Document(d.clone()))
+}
+
+/// Make the target's document equal `doc`: a replace with upsert, or — for documents with
+/// `$`-prefixed field names, which no replacement may carry — a delete then an insert (both
+/// on this applier, so the document's order of events is kept).
+async fn put_document(
+    ctx: &Ctx,
+    db: &str,
+    coll: &str,
+    filter: Document,
+    doc: Document,
+) -> Result<()> {
+    let ns = format!("{db}.{coll}");
+    let c = ctx.target.database(db).collection::<Document>(coll);
+    if has_dollar_fields(&doc) {
+        c.delete_one(filter)
+            .await
+            .on(Side::Target, &format!("writing to {ns}"))?;
+        c.insert_one(doc)
+            .bypass_document_validation(true)
+            .await
+            .on(Side::Target, &format!("writing to {ns}"))?;
+    } else {
+        c.replace_one(filter, doc)
+            .upsert(true)
+            .bypass_document_validation(true)
+            .await
+            .on(Side::Target, &format!("writing to {ns}"))?;
+    }
+    Ok(())
+}
+
 /// Replace the target's document by the source's current one, or delete it if it is gone.
 async fn refetch_one(ctx: &Ctx, db: &str, coll: &str, filter: Document) -> Result<()> {
     ctx.metrics.refetches.inc();
@@ -758,13 +792,7 @@ async fn refetch_one(ctx: &Ctx, db: &str, coll: &str, filter: Document) -> Resul
         .on(Side::Source, &format!("re-reading a document of {ns}"))?;
     let t = ctx.target.database(db).collection::<Document>(coll);
     match cur {
-        Some(d) => {
-            t.replace_one(filter, d)
-                .upsert(true)
-                .bypass_document_validation(true)
-                .await
-                .on(Side::Target, &format!("writing to {ns}"))?;
-        }
+        Some(d) => put_document(ctx, db, coll, filter, d).await?,
         None => {
             t.delete_one(filter)
                 .await

@@ -199,7 +199,7 @@ fn plain_field(s: &str) -> bool {
 }
 
 /// Whether a value holds a `$`-prefixed field name at any depth (update operators refuse them).
-fn has_dollar_keys(v: &Bson) -> bool {
+pub fn has_dollar_keys(v: &Bson) -> bool {
     match v {
         Bson::Document(d) => d
             .iter()
