@@ -480,6 +480,21 @@ impl Store {
         Ok(())
     }
 
+    /// Record the source definitions of a collection's indexes (restored at finalize).
+    pub async fn save_index_specs(&self, ns: &str, specs: &[Document]) -> Result<()> {
+        for s in specs {
+            let name = s.get_str("name").unwrap_or_default().to_string();
+            self.save_index(&IndexEntry {
+                id: format!("{ns}#{name}"),
+                ns: ns.to_string(),
+                name,
+                spec: super::catalog::normalize_index(s),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn delete_indexes(&self, filter: Document) -> Result<()> {
         self.indexes()
             .delete_many(filter)

@@ -588,17 +588,7 @@ pub async fn recopy_collection(
         }
         let specs = catalog::list_indexes(source, Side::Source, db, coll).await?;
         store.delete_indexes(doc! {"ns": &ns}).await?;
-        for s in &specs {
-            let name = s.get_str("name").unwrap_or_default().to_string();
-            store
-                .save_index(&IndexEntry {
-                    id: format!("{ns}#{name}"),
-                    ns: ns.clone(),
-                    name,
-                    spec: catalog::normalize_index(s),
-                })
-                .await?;
-        }
+        store.save_index_specs(&ns, &specs).await?;
         catalog::create_relaxed_indexes(target, db, coll, &specs).await?;
         e.planned = true;
         e.copied = true;

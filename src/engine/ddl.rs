@@ -7,7 +7,7 @@ use mongodb::Client;
 use tracing::info;
 
 use super::catalog;
-use super::checkpoint::{IndexEntry, Store};
+use super::checkpoint::Store;
 use super::error::{mongo_code, EngineError, Result, Side};
 use super::filter::NamespaceFilter;
 use super::translate::event_ns;
@@ -259,17 +259,7 @@ pub async fn apply(
                 .filter(|s| s.get_str("name") != Ok("_id_"))
                 .cloned()
                 .collect();
-            for s in &specs {
-                let name = s.get_str("name").unwrap_or_default().to_string();
-                store
-                    .save_index(&IndexEntry {
-                        id: format!("{ns}#{name}"),
-                        ns: ns.clone(),
-                        name,
-                        spec: catalog::normalize_index(s),
-                    })
-                    .await?;
-            }
+            store.save_index_specs(&ns, &specs).await?;
             catalog::create_relaxed_indexes(target, db, coll, &specs).await
         }
         DdlOp::DropIndexes { db, coll, names } => {
