@@ -252,9 +252,14 @@ async fn edge_documents_migrate_exactly() {
     )
     .await
     .expect("update");
-    coll.replace_one(doc! {"_id": 103}, doc! {"$odd": 1, "a.b": {"c.d": 2}})
-        .await
-        .expect("replace");
+    // A replacement cannot hold a top-level `$` field (the driver takes it for an update, the
+    // server refuses it with 52, like mongod); nested ones are allowed.
+    coll.replace_one(
+        doc! {"_id": 103},
+        doc! {"plain": 1, "x": {"$odd": 1}, "a.b": {"c.d": 2}},
+    )
+    .await
+    .expect("replace");
     w.wait_caught_up(1.0, Duration::from_secs(300)).await;
     assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
 }
