@@ -141,6 +141,18 @@ pub async fn marker_through(
     }
 }
 
+/// Errors the worker counted (`mongoferry_errors_total`, every kind: retries in place and
+/// from the checkpoint), plus the retries it logged — evidence that a fault reached it.
+pub async fn retries_of(w: &WorkerProcess) -> usize {
+    let m = w.metrics().await;
+    let counted: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("mongoferry_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (counted as usize).max(retries_in(&w.log()))
+}
+
 /// Transient errors the worker logged and retried.
 pub fn retries_in(log: &str) -> usize {
     log.lines()
@@ -730,7 +742,7 @@ pub async fn server_fault(side: Side, phase: Phase, fault: ServerFault) -> CaseR
             Ok(_) => res.recover_secs = Some(fault_end.elapsed().as_secs_f64()),
             Err(e) => {
                 wl.stop().await;
-                res.retries = retries_in(&w.log());
+                res.retries = retries_of(&w).await;
                 res.outcome = e.clone();
                 return Err(format!("{e}\n{}", w.log_tail()));
             }
@@ -738,7 +750,7 @@ pub async fn server_fault(side: Side, phase: Phase, fault: ServerFault) -> CaseR
         tokio::time::sleep(Duration::from_secs(2)).await;
         let stats = wl.stop().await;
         let (outcome, equal, detail) = finalize_and_compare(&w, &c, &dst.client()).await;
-        res.retries = retries_in(&w.log());
+        res.retries = retries_of(&w).await;
         res.outcome = outcome;
         res.data_equal = equal;
         res.passed = equal == Some(true);
@@ -817,12 +829,15 @@ pub async fn slow_target(bps: u64, hold: Duration) -> CaseResult {
         res.recover_secs = Some(t.elapsed().as_secs_f64());
         peak = peak.max(w.peak_rss());
         let (outcome, equal, detail) = finalize_and_compare(&w, &c, &dst.client()).await;
-        res.outcome = outcome;
+        res.outcome = format!(
+            "{outcome}; max lag {max_lag:.0}s, worker peak RSS {} MiB",
+            peak >> 20
+        );
         res.data_equal = equal;
         let bounded = peak < 256 * 1024 * 1024;
         let lag_grew = max_lag >= 5.0;
         res.passed = equal == Some(true) && bounded && lag_grew;
-        res.retries = retries_in(&w.log());
+        res.retries = retries_of(&w).await;
         res.detail = format!(
             "max lag {max_lag:.1}s (must grow ≥5s), worker peak RSS {} MiB (before {} MiB; bound 256 MiB), workload {} ops, proxy {:?}; {detail}",
             peak >> 20,
