@@ -1,0 +1,1098 @@
+//! `bench`: mongoferry's copy throughput, apply lag, memory and scale, each reported beside
+//! baselines measured in the same run on the same machine. See `docs/benchmarks.md`.
+//!
+//! ```sh
+//! cargo run -p mongoferry-e2e --release --bin bench -- [--quick] [--out DIR] [--only LIST]
+//! ```
+//!
+//! It starts its own SecantusDB servers (a fresh target per measurement), builds the worker
+//! in release (or runs `MONGOFERRY_BIN`), and writes `bench.json` and `bench.md` to `--out`
+//! (default `target/bench`). Nothing is asserted: benchmarks measure.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::Client;
+use mongoferry_e2e::servers::{MongoServer, ServerOptions, SECANTUS_RS_VERSION};
+use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
+use mongoferry_e2e::workload::{
+    seed_dataset, IdType, SeedSpec, SizeDistribution, Workload, WorkloadConfig, WorkloadStats,
+};
+use serde_json::{json, Value};
+
+type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MIB: u64 = 1 << 20;
+/// The engine's default insert batch (`clone.batchBytes`); the baselines use it too.
+const BATCH_BYTES: u64 = 4 * MIB;
+/// Workloads running side by side to generate the apply load (each is sequential and does
+/// about 100 operations per second on a busy 2-core machine): one per 100 ops/s, 4 to 24;
+/// unthrottled: 16.
+fn generators(rate: Option<u32>) -> u32 {
+    rate.map_or(16, |r| (r / 100).clamp(4, 24))
+}
+const SECTIONS: &[&str] = &["copy", "apply", "memory", "scale", "operator"];
+
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    only: Vec<String>,
+}
+
+/// Sizes of one run (`--quick` or full).
+struct Sizes {
+    copy_bytes: u64,
+    copy_collections: usize,
+    apply_window: Duration,
+    apply_rates: Vec<u32>,
+    mem_sizes: [u64; 2],
+    many_collections: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                copy_bytes: 8 * MIB,
+                copy_collections: 4,
+                apply_window: Duration::from_secs(5),
+                apply_rates: vec![500, 1000, 2000],
+                mem_sizes: [24 * MIB, 72 * MIB],
+                many_collections: 200,
+            }
+        } else {
+            Sizes {
+                copy_bytes: 128 * MIB,
+                copy_collections: 4,
+                apply_window: Duration::from_secs(20),
+                apply_rates: vec![500, 1000, 2000],
+                mem_sizes: [1024 * MIB, 3 * 1024 * MIB],
+                many_collections: 10_000,
+            }
+        }
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench [--quick] [--out DIR] [--only {}]",
+        SECTIONS.join(",")
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Opts {
+    let root = repo_root();
+    let mut o = Opts {
+        quick: false,
+        out: root.join("target/bench"),
+        only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--only" => {
+                let list = args.next().unwrap_or_else(|| usage());
+                o.only = list.split(',').map(|s| s.trim().to_string()).collect();
+                if o.only.iter().any(|s| !SECTIONS.contains(&s.as_str())) {
+                    usage();
+                }
+            }
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    o
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `MONGOFERRY_BIN`, else build the worker in release and use it.
+fn worker_binary() -> Res<PathBuf> {
+    if let Ok(p) = std::env::var("MONGOFERRY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("bench: building the worker (cargo build --release --bin mongoferry)");
+    let st = Command::new(cargo)
+        .args(["build", "--release", "--bin", "mongoferry"])
+        .current_dir(&root)
+        .status()?;
+    if !st.success() {
+        return Err("cargo build --release --bin mongoferry failed".into());
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    Ok(target.join("release/mongoferry"))
+}
+
+fn main() {
+    let opts = parse_args();
+    let bin = match worker_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1)
+        }
+    };
+    // Set before any thread exists: the fixture reads it when it spawns workers.
+    std::env::set_var("MONGOFERRY_BIN", &bin);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(opts, bin)) {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn mem_total_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", mib(bytes))
+    }
+}
+
+/// Nearest-rank percentile of unsorted samples.
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+async fn server() -> Res<MongoServer> {
+    Ok(MongoServer::start(ServerOptions::rust()).await?)
+}
+
+async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
+    WorkerProcess::start(WorkerOptions {
+        source: src.uri(),
+        target: dst.uri(),
+        env: vec![("RUST_LOG".into(), "info".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Seed `colls` collections of `db` with `bytes` in total of documents of about `doc_bytes`.
+async fn seed_db(
+    c: &Client,
+    db: &str,
+    colls: usize,
+    bytes: u64,
+    doc_bytes: usize,
+    seed: u64,
+) -> Res<(u64, u64)> {
+    let per = (bytes / colls as u64 / doc_bytes as u64).max(1);
+    let batch = ((BATCH_BYTES as usize) / doc_bytes).clamp(1, 1000);
+    let runs = (0..colls).map(|i| {
+        let spec = SeedSpec {
+            seed: seed * 100 + i as u64,
+            database: db.to_string(),
+            collection: format!("c{i}"),
+            count: per,
+            sizes: SizeDistribution::Fixed(doc_bytes),
+            id_types: vec![IdType::ObjectId],
+            special_ids: false,
+            batch_size: batch,
+        };
+        async move { seed_dataset(c, &spec).await }
+    });
+    let mut docs = 0;
+    let mut total = 0;
+    for r in futures::future::join_all(runs).await {
+        let r = r?;
+        docs += r.inserted;
+        total += r.bytes;
+    }
+    Ok((docs, total))
+}
+
+/// What one worker copy measured.
+struct CopyRun {
+    secs: f64,
+    docs: u64,
+    bytes: u64,
+    peak_rss: u64,
+    /// Until the first collection completed (catalog: list, size, create every collection).
+    first_done_secs: f64,
+    /// Longest time without a collection completing, after the first.
+    max_gap_secs: f64,
+}
+
+/// Copy `include` with a fresh worker; time from `POST /start` to `cloneCompleted`.
+async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -> Res<CopyRun> {
+    let w = worker(src, dst).await;
+    let t0 = Instant::now();
+    w.start_migration(json!({ "includeNamespaces": include }))
+        .await;
+    let mut last_done = 0u64;
+    let mut last_change: Option<Instant> = None;
+    let mut first_done = None;
+    let mut max_gap = 0f64;
+    let deadline = t0 + Duration::from_secs(3 * 3600);
+    let st = loop {
+        let s = w.status().await;
+        if s["state"] == "failed" {
+            return Err(format!("worker failed: {}", s["error"]).into());
+        }
+        let done = s["initialSync"]["collectionsCompleted"]
+            .as_u64()
+            .unwrap_or(0);
+        let now = Instant::now();
+        if done > last_done {
+            if first_done.is_none() {
+                first_done = Some(now - t0);
+            }
+            if let Some(l) = last_change {
+                max_gap = max_gap.max((now - l).as_secs_f64());
+            }
+            last_change = Some(now);
+            last_done = done;
+        }
+        if s["initialSync"]["cloneCompleted"] == true {
+            break s;
+        }
+        if now > deadline {
+            return Err("copy did not finish in 3 hours".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(CopyRun {
+        secs,
+        docs: st["initialSync"]["clonedDocuments"].as_u64().unwrap_or(0),
+        bytes: st["initialSync"]["clonedSizeBytes"].as_u64().unwrap_or(0),
+        peak_rss: w.peak_rss(),
+        first_done_secs: first_done.map(|d| d.as_secs_f64()).unwrap_or(secs),
+        max_gap_secs: max_gap,
+    })
+}
+
+fn collections(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("c{i}")).collect()
+}
+
+/// Baseline (a): one cursor per collection feeding `insertMany`, collection after collection.
+async fn naive_copy(src: &Client, dst: &Client, db: &str, colls: &[String]) -> Res<f64> {
+    let t0 = Instant::now();
+    for c in colls {
+        let mut cur = src
+            .database(db)
+            .collection::<RawDocumentBuf>(c)
+            .find(doc! {})
+            .await?;
+        let out = dst.database(db).collection::<RawDocumentBuf>(c);
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(d) = cur.try_next().await? {
+            bytes += d.as_bytes().len() as u64;
+            batch.push(d);
+            if bytes >= BATCH_BYTES {
+                out.insert_many(std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            out.insert_many(batch).await?;
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Baseline (b), the target-ingest limit: the same documents, already in memory in batches
+/// of the engine's batch size, written by as many parallel unordered `insertMany`s as the
+/// engine has insert workers. Only the writing is timed.
+async fn ingest_limit(
+    src: &Client,
+    dst: &Client,
+    db: &str,
+    colls: &[String],
+    workers: usize,
+) -> Res<f64> {
+    let mut batches: VecDeque<(String, Vec<RawDocumentBuf>)> = VecDeque::new();
+    for c in colls {
+        let mut cur = src
+            .database(db)
+            .collection::<RawDocumentBuf>(c)
+            .find(doc! {})
+            .await?;
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(d) = cur.try_next().await? {
+            bytes += d.as_bytes().len() as u64;
+            batch.push(d);
+            if bytes >= BATCH_BYTES {
+                batches.push_back((c.clone(), std::mem::take(&mut batch)));
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            batches.push_back((c.clone(), batch));
+        }
+    }
+    // Round-robin over collections, as parallel readers would deliver them.
+    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let queue = queue.clone();
+            let dst = dst.clone();
+            let db = db.to_string();
+            tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
+                    let Some((c, docs)) = next else { break };
+                    dst.database(&db)
+                        .collection::<RawDocumentBuf>(&c)
+                        .insert_many(docs)
+                        .ordered(false)
+                        .bypass_document_validation(true)
+                        .await?;
+                }
+                Ok::<(), mongodb::error::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Default)]
+struct Report {
+    json: serde_json::Map<String, Value>,
+    md: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, table: &str) {
+        self.md.push_str(&format!("\n### {title}\n\n{table}\n"));
+        println!("\n### {title}\n\n{table}");
+    }
+}
+
+fn f1(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "–".into()
+    }
+}
+
+fn f2(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        "–".into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
+    let mixes: [(&str, usize); 3] = [("small", 500), ("regular", 5_000), ("big", 100_000)];
+    let src = server().await?;
+    let sc = src.client();
+    let colls = collections(sz.copy_collections);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let insert_workers = (cpus * 2).clamp(4, 16);
+    let mut rows = Vec::new();
+    let mut md = String::from(
+        "| mix | avg doc | data | docs | mongoferry MB/s | mongoferry docs/s | naive MB/s | limit MB/s | ×naive | ×limit | worker peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (i, (name, size)) in mixes.iter().enumerate() {
+        let db = format!("bench_{name}");
+        eprintln!("bench: copy/{name}: seeding {}", size_label(sz.copy_bytes));
+        let (docs, bytes) = seed_db(
+            &sc,
+            &db,
+            sz.copy_collections,
+            sz.copy_bytes,
+            *size,
+            i as u64 + 1,
+        )
+        .await?;
+        let l0 = load();
+        let run = {
+            let dst = server().await?;
+            worker_copy(&src, &dst, &[format!("{db}.*")]).await?
+        };
+        eprintln!("bench: copy/{name}: mongoferry {:.1}s", run.secs);
+        let naive = {
+            let dst = server().await?;
+            naive_copy(&sc, &dst.client(), &db, &colls).await?
+        };
+        eprintln!("bench: copy/{name}: naive {naive:.1}s");
+        let limit = {
+            let dst = server().await?;
+            ingest_limit(&sc, &dst.client(), &db, &colls, insert_workers).await?
+        };
+        eprintln!("bench: copy/{name}: limit {limit:.1}s");
+        let l1 = load();
+        let (mf, nv, lm) = (mb(bytes) / run.secs, mb(bytes) / naive, mb(bytes) / limit);
+        md.push_str(&format!(
+            "| {name} | {} B | {} | {docs} | **{}** | {:.0} | {} | {} | **{}** | **{}** | {:.0} MiB | {l0:.1}–{l1:.1} |\n",
+            bytes / docs.max(1),
+            size_label(bytes),
+            f1(mf),
+            docs as f64 / run.secs,
+            f1(nv),
+            f1(lm),
+            f2(ratio(mf, nv)),
+            f2(ratio(mf, lm)),
+            mib(run.peak_rss),
+        ));
+        rows.push(json!({
+            "mix": name, "docBytes": bytes / docs.max(1), "documents": docs, "bytes": bytes,
+            "mongoferry": {"seconds": run.secs, "mbPerSec": mf, "docsPerSec": docs as f64 / run.secs,
+                "peakRssBytes": run.peak_rss},
+            "naive": {"seconds": naive, "mbPerSec": nv, "docsPerSec": docs as f64 / naive},
+            "limit": {"seconds": limit, "mbPerSec": lm, "docsPerSec": docs as f64 / limit,
+                "insertWorkers": insert_workers},
+            "ratioNaive": ratio(mf, nv), "ratioLimit": ratio(mf, lm), "load": [l0, l1],
+        }));
+        // Free the source for the next mix.
+        sc.database(&db).drop().await?;
+    }
+    md.push_str(&format!(
+        "\nMB = 10⁶ bytes of BSON. mongoferry: `POST /start` to `initialSync.cloneCompleted` (catalog, partitioning, \
+         data, `_id` index, checkpoints), engine defaults. Naive: one cursor per collection feeding `insertMany` \
+         ({} MiB batches, ordered), collection after collection. Limit: the same documents already in memory, \
+         {insert_workers} parallel unordered `insertMany`s of {} MiB. Each on a fresh target server.\n",
+        BATCH_BYTES / MIB,
+        BATCH_BYTES / MIB
+    ));
+    rep.section("Copy", &md);
+    rep.json.insert("copy".into(), Value::Array(rows));
+    Ok(())
+}
+
+/// Run workload generators at `rate` ops/s in total (`None`: as fast as they go).
+fn spawn_load(
+    client: &Client,
+    rate: Option<u32>,
+    seed: u64,
+) -> Vec<mongoferry_e2e::workload::WorkloadHandle> {
+    let n = generators(rate);
+    (0..n)
+        .map(|i| {
+            Workload::spawn(
+                client.clone(),
+                WorkloadConfig {
+                    seed: seed * 10 + u64::from(i),
+                    ops_per_sec: rate.map(|r| r.div_ceil(n)),
+                    ddl: false,
+                    transactions: true,
+                    max_doc_bytes: 16 * 1024,
+                    preload_ids: 2_000,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+async fn stop_load(h: Vec<mongoferry_e2e::workload::WorkloadHandle>) -> (u64, u64, f64) {
+    let mut attempted = 0;
+    let mut errors = 0;
+    let mut elapsed = 0f64;
+    for w in h {
+        let s: WorkloadStats = w.stop().await;
+        attempted += s.attempted();
+        errors += s.errors;
+        elapsed = elapsed.max(s.elapsed.as_secs_f64());
+    }
+    (attempted, errors, elapsed)
+}
+
+struct Sampled {
+    lags: Vec<f64>,
+    applied: u64,
+    secs: f64,
+}
+
+/// Sample `GET /status` every 250 ms for `window`.
+async fn sample(w: &WorkerProcess, window: Duration) -> Sampled {
+    let a0 = w.status().await["eventsApplied"].as_u64().unwrap_or(0);
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lags = Vec::new();
+    let mut applied = a0;
+    while t0.elapsed() < window {
+        tick.tick().await;
+        let s = w.status().await;
+        if let Some(l) = s["lagTimeSeconds"].as_f64() {
+            lags.push(l);
+        }
+        applied = s["eventsApplied"].as_u64().unwrap_or(applied);
+    }
+    Sampled {
+        lags,
+        applied: applied - a0,
+        secs: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// Seconds until the worker reports no lag.
+async fn catch_up(w: &WorkerProcess) -> f64 {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(600) {
+        let s = w.status().await;
+        if s["lagTimeSeconds"].as_f64().is_some_and(|l| l < 0.5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
+    let src = server().await?;
+    let dst = server().await?;
+    let sc = src.client();
+    for (i, db) in ["wl_app", "wl_logs"].iter().enumerate() {
+        for j in 0..3 {
+            let spec = SeedSpec {
+                seed: (i * 10 + j) as u64,
+                batch_size: 500,
+                sizes: SizeDistribution::Realistic { max: 16 * 1024 },
+                ..SeedSpec::new(db, &format!("c{j}"), 2_000)
+            };
+            seed_dataset(&sc, &spec).await?;
+        }
+    }
+    let w = worker(&src, &dst).await;
+    w.start_migration(json!({"includeNamespaces": ["wl_app.*", "wl_logs.*"]}))
+        .await;
+    w.wait_caught_up(1.0, Duration::from_secs(600)).await;
+
+    let mut md = String::from(
+        "| source load | achieved ops/s | events applied/s | lag p50 | lag p99 | lag max | catch-up after stop | load |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    let mut runs: Vec<Option<u32>> = sz.apply_rates.iter().map(|r| Some(*r)).collect();
+    runs.push(None);
+    for (k, rate) in runs.iter().enumerate() {
+        let label = rate.map_or("max (unthrottled)".to_string(), |r| format!("{r} ops/s"));
+        eprintln!("bench: apply/{label}");
+        let l0 = load();
+        let h = spawn_load(&sc, *rate, 100 + k as u64);
+        // Let the generators load their ids and reach their rate.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = sample(&w, sz.apply_window).await;
+        let (ops, errors, elapsed) = stop_load(h).await;
+        let cu = catch_up(&w).await;
+        let l1 = load();
+        let achieved = ops as f64 / elapsed.max(0.001);
+        let ev = s.applied as f64 / s.secs;
+        let (p50, p99) = (percentile(&s.lags, 50.0), percentile(&s.lags, 99.0));
+        let max = s.lags.iter().cloned().fold(0f64, f64::max);
+        md.push_str(&format!(
+            "| {label} | {achieved:.0} | {ev:.0} | {} s | **{} s** | {} s | {} s | {l0:.1}–{l1:.1} |\n",
+            f1(p50),
+            f1(p99),
+            f1(max),
+            f1(cu)
+        ));
+        rows.push(json!({
+            "targetOpsPerSec": rate, "achievedOpsPerSec": achieved, "workloadErrors": errors,
+            "eventsAppliedPerSec": ev, "lagP50": p50, "lagP99": p99, "lagMax": max,
+            "samples": s.lags.len(), "catchUpSeconds": cu, "load": [l0, l1],
+        }));
+    }
+
+    // Maximum apply rate: a backlog built while paused, drained after resume.
+    eprintln!("bench: apply/drain");
+    let a = w.post("/pause", json!({})).await;
+    if a.code != 200 {
+        return Err(format!("pause refused: {:?}", a.body).into());
+    }
+    w.wait_state("paused", Duration::from_secs(120)).await;
+    let h = spawn_load(&sc, None, 999);
+    tokio::time::sleep(sz.apply_window).await;
+    let (ops, _, _) = stop_load(h).await;
+    let l0 = load();
+    let a0 = w.status().await["eventsApplied"].as_u64().unwrap_or(0);
+    let t0 = Instant::now();
+    let a = w.post("/resume", json!({})).await;
+    if a.code != 200 {
+        return Err(format!("resume refused: {:?}", a.body).into());
+    }
+    let mut best_1s = 0f64;
+    let mut hist: VecDeque<(Instant, u64)> = VecDeque::new();
+    let end = loop {
+        let s = w.status().await;
+        let now = Instant::now();
+        let ap = s["eventsApplied"].as_u64().unwrap_or(0);
+        hist.push_back((now, ap));
+        while hist.len() > 1 && now - hist[0].0 > Duration::from_secs(1) {
+            let (t, a) = hist.pop_front().unwrap_or((now, ap));
+            best_1s = best_1s.max((ap - a) as f64 / (now - t).as_secs_f64());
+        }
+        if s["state"] == "running"
+            && s["lagTimeSeconds"].as_f64().is_some_and(|l| l < 0.5)
+            && now - t0 > Duration::from_millis(500)
+        {
+            break (now, ap);
+        }
+        if now - t0 > Duration::from_secs(900) {
+            break (now, ap);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = (end.0 - t0).as_secs_f64();
+    let drained = end.1 - a0;
+    let l1 = load();
+    let rate = drained as f64 / secs;
+    md.push_str(&format!(
+        "\n**Maximum apply rate** (backlog of {drained} events from {ops} operations built while paused, \
+         drained after resume): **{rate:.0} events/s** on average (resume → caught up in {secs:.1} s), \
+         best 1-s window {best_1s:.0} events/s; load {l0:.1}–{l1:.1}.\n"
+    ));
+    md.push_str(&format!(
+        "\nLoad: seeded workload generators on 6 collections (inserts, updates of every kind, \
+         replaces, deletes, transactions; documents 200 B – 16 KiB), one per 100 ops/s (4 to 24; 16 \
+         unthrottled), sharing the rate; \
+         {}-s windows sampled every 250 ms. An operation can make several events (insertMany, \
+         transactions, updateMany). Lag is the source's cluster time minus the applied op time: \
+         1-second resolution.\n",
+        sz.apply_window.as_secs()
+    ));
+    rows.push(
+        json!({"drain": {"events": drained, "operations": ops, "seconds": secs,
+        "eventsPerSec": rate, "best1sEventsPerSec": best_1s, "load": [l0, l1]}}),
+    );
+    rep.section("Apply (replication)", &md);
+    rep.json.insert("apply".into(), Value::Array(rows));
+    Ok(())
+}
+
+async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
+    let src = server().await?;
+    let sc = src.client();
+    let mut md = String::from(
+        "| data (1 MB documents) | documents | copy time | MB/s | s/GB | worker peak RSS (VmHWM) | load |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut rows = Vec::new();
+    let mut per_gb = Vec::new();
+    for (i, bytes) in sz.mem_sizes.iter().enumerate() {
+        let db = format!("bench_mem{i}");
+        eprintln!("bench: memory/{}: seeding", size_label(*bytes));
+        let (docs, seeded) = seed_db(&sc, &db, 2, *bytes, 1_000_000, 50 + i as u64).await?;
+        let l0 = load();
+        let run = {
+            let dst = server().await?;
+            worker_copy(&src, &dst, &[format!("{db}.*")]).await?
+        };
+        let l1 = load();
+        let s_gb = run.secs / (seeded as f64 / 1e9);
+        per_gb.push((seeded, s_gb));
+        md.push_str(&format!(
+            "| {} | {docs} | {:.1} s | {} | {:.1} | **{:.0} MiB** | {l0:.1}–{l1:.1} |\n",
+            size_label(seeded),
+            run.secs,
+            f1(mb(seeded) / run.secs),
+            s_gb,
+            mib(run.peak_rss)
+        ));
+        rows.push(
+            json!({"bytes": seeded, "documents": docs, "seconds": run.secs,
+            "copiedBytes": run.bytes, "peakRssBytes": run.peak_rss, "load": [l0, l1]}),
+        );
+        sc.database(&db).drop().await?;
+    }
+    rep.section("Memory", &md);
+    rep.json.insert("memory".into(), Value::Array(rows));
+    Ok(per_gb)
+}
+
+async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res<()> {
+    let src = server().await?;
+    let sc = src.client();
+    let n = sz.many_collections;
+    let dbs = 10usize;
+    eprintln!("bench: scale: creating {n} collections");
+    let names: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("bench_many{}", i % dbs), format!("c{i}")))
+        .collect();
+    let docs: Vec<mongodb::bson::Document> = (0..5)
+        .map(|i| doc! {"i": i, "pad": "x".repeat(450)})
+        .collect();
+    let results: Vec<mongodb::error::Result<()>> = futures::stream::iter(names.iter())
+        .map(|(db, c)| {
+            let sc = sc.clone();
+            let docs = docs.clone();
+            async move {
+                sc.database(db)
+                    .collection::<mongodb::bson::Document>(c)
+                    .insert_many(docs)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let l0 = load();
+    let dst = server().await?;
+    let include: Vec<String> = (0..dbs).map(|d| format!("bench_many{d}.*")).collect();
+    let run = worker_copy(&src, &dst, &include).await?;
+    let l1 = load();
+    let mut md = String::from("| measurement | result |\n|---|---|\n");
+    md.push_str(&format!(
+        "| copy {n} collections (5 docs each, 10 databases) | **{:.1} s** ({:.1} ms/collection; {} docs) |\n",
+        run.secs,
+        run.secs * 1000.0 / n as f64,
+        run.docs
+    ));
+    md.push_str(&format!(
+        "| … catalog (list, size, create all) until the first collection completed | {:.1} s |\n| … longest time without a collection completing after that | {:.1} s |\n| … worker peak RSS | {:.0} MiB; load {l0:.1}–{l1:.1} |\n",
+        run.first_done_secs,
+        run.max_gap_secs,
+        mib(run.peak_rss)
+    ));
+    let mut lin = Value::Null;
+    if per_gb.len() == 2 {
+        let r = ratio(per_gb[1].1, per_gb[0].1);
+        md.push_str(&format!(
+            "| time per GB (1 MB documents, from Memory) at {} / {} | {:.1} s / {:.1} s (×{:.2}: {}) |\n",
+            size_label(per_gb[0].0),
+            size_label(per_gb[1].0),
+            per_gb[0].1,
+            per_gb[1].1,
+            r,
+            if (0.85..=1.15).contains(&r) { "linear" } else { "not linear" }
+        ));
+        lin = json!({"sizes": [per_gb[0].0, per_gb[1].0], "secondsPerGb": [per_gb[0].1, per_gb[1].1], "ratio": r});
+    }
+    rep.section("Scale", &md);
+    rep.json.insert(
+        "scale".into(),
+        json!({"collections": n, "seconds": run.secs, "catalogSeconds": run.first_done_secs,
+            "maxGapSeconds": run.max_gap_secs, "peakRssBytes": run.peak_rss, "load": [l0, l1],
+            "timePerGb": lin}),
+    );
+    Ok(())
+}
+
+/// `kubectl patch desiredState` → state change, p50/p95 over 20 patches, on an existing
+/// MigrationJob named by `MONGOFERRY_BENCH_MIGRATIONJOB` (`namespace/name`, running).
+fn bench_operator(rep: &mut Report) {
+    let r = operator_latencies();
+    let md = match &r {
+        Ok(v) => {
+            let (p50, p95) = (percentile(v, 50.0), percentile(v, 95.0));
+            rep.json.insert(
+                "operator".into(),
+                json!({"patches": v.len(), "p50Seconds": p50, "p95Seconds": p95, "samples": v}),
+            );
+            format!(
+                "`kubectl patch desiredState` (paused ⇄ running) to the state change, over {} patches: \
+                 **p50 {:.2} s, p95 {:.2} s**.\n",
+                v.len(),
+                p50,
+                p95
+            )
+        }
+        Err(why) => {
+            rep.json
+                .insert("operator".into(), json!({"notMeasured": why.to_string()}));
+            format!("not measured: {why}\n")
+        }
+    };
+    rep.section("Operator", &md);
+}
+
+fn operator_latencies() -> Res<Vec<f64>> {
+    let mj = std::env::var("MONGOFERRY_BENCH_MIGRATIONJOB").map_err(|_| {
+        "set MONGOFERRY_BENCH_MIGRATIONJOB=namespace/name (a running MigrationJob) and KUBECONFIG \
+         to measure; the operator is not part of this run"
+    })?;
+    let (ns, name) = mj
+        .split_once('/')
+        .ok_or("MONGOFERRY_BENCH_MIGRATIONJOB must be namespace/name")?;
+    if sh("kubectl", &["version", "--client"]).is_empty() {
+        return Err("kubectl not found".into());
+    }
+    let state = || {
+        sh(
+            "kubectl",
+            &[
+                "get",
+                "mj",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.state}",
+            ],
+        )
+    };
+    let first = state();
+    if first != "running" {
+        return Err(format!("MigrationJob {mj} is not running (state {first:?})").into());
+    }
+    // The worker's own API when reachable, else the state the operator reports.
+    let worker_url = std::env::var("MONGOFERRY_BENCH_WORKER_URL").ok();
+    let mut out = Vec::new();
+    for i in 0..20 {
+        let want = if i % 2 == 0 { "paused" } else { "running" };
+        // Watch before patching, so the change is seen as soon as the apiserver sends it.
+        let mut watch = Command::new("kubectl")
+            .args([
+                "get",
+                "mj",
+                name,
+                "-n",
+                ns,
+                "-w",
+                "-o",
+                "jsonpath={.status.state}{\"\\n\"}",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = watch.stdout.take().ok_or("kubectl watch without stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line.trim().to_string())).is_err() {
+                    break;
+                }
+            }
+        });
+        // The first line is the current state.
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let patch = format!("{{\"spec\":{{\"desiredState\":\"{want}\"}}}}");
+        let st = Command::new("kubectl")
+            .args([
+                "patch", "mj", name, "-n", ns, "--type", "merge", "-p", &patch,
+            ])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            let _ = watch.kill();
+            return Err("kubectl patch failed".into());
+        }
+        let seen = match &worker_url {
+            Some(url) => poll_worker(url, want, t0),
+            None => loop {
+                match rx.recv_timeout(Duration::from_secs(120)) {
+                    Ok((t, s)) if s == want => break Some(t),
+                    Ok(_) => continue,
+                    Err(_) => break None,
+                }
+            },
+        };
+        let _ = watch.kill();
+        let _ = watch.wait();
+        let t = seen.ok_or(format!("state {want} not reached in 120 s"))?;
+        out.push((t - t0).as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// Poll the worker's `/status` (via curl) until its state is `want`.
+fn poll_worker(url: &str, want: &str, t0: Instant) -> Option<Instant> {
+    while t0.elapsed() < Duration::from_secs(120) {
+        let body = sh("curl", &["-fsS", &format!("{url}/status")]);
+        if serde_json::from_str::<Value>(&body)
+            .ok()
+            .is_some_and(|v| v["state"] == want)
+        {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
+    let sz = Sizes::new(opts.quick);
+    let started = Instant::now();
+    let root = repo_root();
+    let machine = json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))),
+        "memoryGiB": mem_total_gib(),
+        "loadAtStart": sh("cat", &["/proc/loadavg"]),
+        "kernel": sh("uname", &["-r"]),
+    });
+    let versions = json!({
+        "mongoferry": sh(&bin.display().to_string(), &["--version"]),
+        "commit": sh("git", &["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"]),
+        "server": format!("secantusd-rs {SECANTUS_RS_VERSION}"),
+        "rustc": sh("rustc", &["-V"]),
+    });
+    let date = sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
+    let mut rep = Report::default();
+    let on = |s: &str| opts.only.iter().any(|o| o == s);
+    let mut failures = Vec::new();
+    if on("copy") {
+        if let Err(e) = bench_copy(&sz, &mut rep).await {
+            failures.push(format!("copy: {e}"));
+        }
+    }
+    if on("apply") {
+        if let Err(e) = bench_apply(&sz, &mut rep).await {
+            failures.push(format!("apply: {e}"));
+        }
+    }
+    let mut per_gb = Vec::new();
+    if on("memory") {
+        match bench_memory(&sz, &mut rep).await {
+            Ok(v) => per_gb = v,
+            Err(e) => failures.push(format!("memory: {e}")),
+        }
+    }
+    if on("scale") {
+        if let Err(e) = bench_scale(&sz, &per_gb, &mut rep).await {
+            failures.push(format!("scale: {e}"));
+        }
+    }
+    if on("operator") {
+        bench_operator(&mut rep);
+    }
+    let total = started.elapsed().as_secs_f64();
+    let header = format!(
+        "## Benchmark results ({mode})\n\n- date: {date}\n- machine: {} CPUs ({}), {:.1} GiB memory, kernel {}; load average at start {}, at end {}\n- versions: {} (commit {}), {}, {}\n- settings: engine defaults (no tuning in `/start`); copy {} per mix in {} collections; apply windows {} s; memory {} and {}; {} collections; total run {:.0} s\n",
+        machine["nproc"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        mem_total_gib(),
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["loadAtStart"].as_str().unwrap_or("?"),
+        sh("cat", &["/proc/loadavg"]),
+        versions["mongoferry"].as_str().unwrap_or("?"),
+        versions["commit"].as_str().unwrap_or("?"),
+        versions["server"].as_str().unwrap_or("?"),
+        versions["rustc"].as_str().unwrap_or("?"),
+        size_label(sz.copy_bytes),
+        sz.copy_collections,
+        sz.apply_window.as_secs(),
+        size_label(sz.mem_sizes[0]),
+        size_label(sz.mem_sizes[1]),
+        sz.many_collections,
+        total,
+        mode = if opts.quick { "--quick" } else { "full" },
+    );
+    let mut md = header;
+    md.push_str(&rep.md);
+    if !failures.is_empty() {
+        md.push_str("\n### Failed sections\n\n");
+        for f in &failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("date".into(), json!(date));
+    out.insert("quick".into(), json!(opts.quick));
+    out.insert("machine".into(), machine);
+    out.insert("versions".into(), versions);
+    out.insert("totalSeconds".into(), json!(total));
+    out.insert("failures".into(), json!(failures));
+    out.extend(rep.json);
+    std::fs::create_dir_all(&opts.out)?;
+    std::fs::write(
+        opts.out.join("bench.json"),
+        serde_json::to_string_pretty(&Value::Object(out))?,
+    )?;
+    std::fs::write(opts.out.join("bench.md"), &md)?;
+    eprintln!(
+        "bench: wrote {} and {} ({total:.0} s)",
+        opts.out.join("bench.json").display(),
+        opts.out.join("bench.md").display()
+    );
+    if !failures.is_empty() {
+        return Err(failures.join("; ").into());
+    }
+    Ok(())
+}
