@@ -60,7 +60,15 @@ fn secs(d: Duration) -> String {
 /// embedded documents), 100 B – 2 MB, a capped collection, a view, a collation, a validator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_of_a_varied_dataset_is_exact() {
-    let (src, dst) = pair().await;
+    // Loading 100k documents fills the server's default 100,000-entry oplog in seconds, and
+    // the preflight (rightly) refuses a copy the oplog window would not cover: size the
+    // source's oplog for the migration, as docs/runbook.md asks.
+    let src = server(ServerOptions {
+        oplog_max_entries: Some(2_000_000),
+        ..ServerOptions::rust()
+    })
+    .await;
+    let dst = server(ServerOptions::rust()).await;
     let c = src.client();
     let t0 = Instant::now();
     let mut bytes = 0;
