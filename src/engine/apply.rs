@@ -403,7 +403,6 @@ async fn save_progress(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>) -> Result<()> {
     c.events_applied = ctx.live.events_applied.load(Ordering::Relaxed) as i64;
     c.events_read = ctx.live.events_read.load(Ordering::Relaxed) as i64;
     ctx.store.save(&mut c).await?;
-    ctx.live.mark_saved();
     Ok(())
 }
 

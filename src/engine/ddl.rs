@@ -283,7 +283,7 @@ pub async fn apply(
             let (index, now) = split_modify(desc);
             let had_index = index.is_some();
             if let Some(ix) = index {
-                record_index_options(target, store, db, coll, &ns, &ix).await?;
+                record_index_options(store, &ns, &ix).await?;
             }
             let now = if now.is_empty() && !had_index {
                 // Some servers send `modify` without its description: take the options
@@ -382,14 +382,7 @@ async fn current_options(source: &Client, db: &str, coll: &str) -> Result<Docume
 
 /// Record changed index options (hidden, TTL, unique, prepareUnique) in the catalog; the
 /// target keeps its relaxed index until finalize.
-async fn record_index_options(
-    _target: &Client,
-    store: &Store,
-    _db: &str,
-    _coll: &str,
-    ns: &str,
-    ix: &Document,
-) -> Result<()> {
+async fn record_index_options(store: &Store, ns: &str, ix: &Document) -> Result<()> {
     let entries = store.all_indexes().await?;
     let found = entries.into_iter().find(|e| {
         e.ns == ns

@@ -105,8 +105,6 @@ impl Live {
         }
     }
 
-    pub fn mark_saved(&self) {}
-
     pub fn set_state(&self, s: State, error: Option<String>) {
         if let Ok(mut t) = self.text.lock() {
             t.state = s;
