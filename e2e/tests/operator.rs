@@ -811,3 +811,110 @@ async fn shipped_examples_apply_and_run() {
     );
     println!("ACCEPTANCE 1: the shipped example runs a worker that copies and replicates");
 }
+
+/// Issue 9, acceptance 5: a MigrationJob whose preflight fails shows `PreflightPassed=False`
+/// with the failing check and its fix, keeps the full report in status, starts nothing and
+/// does not hammer the worker; the option the report names (`dropTargetNamespaces`) lets it
+/// start at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_preflight_shows_condition_and_starts_nothing() {
+    let cp = start_cp();
+    let (src, dst) = (server().await, server().await);
+    seed(&src.client()).await;
+    let target = dst.client();
+    let planted = target
+        .database("shop")
+        .collection::<mongodb::bson::Document>("orders");
+    planted
+        .insert_one(doc! {"_id": "left-over", "note": "from an earlier attempt"})
+        .await
+        .expect("plant");
+    let _op = Operator::start(&cp, "op-preflight", false);
+    create_secrets(&cp, PASSWORD);
+    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    let j = wait_job(
+        &cp,
+        "mig",
+        "PreflightPassed=False",
+        Duration::from_secs(120),
+        |j| condition(j, "PreflightPassed").is_some_and(|c| c.0 == "False"),
+    )
+    .await;
+    let (_, msg) = condition(&j, "PreflightPassed").expect("condition");
+    println!("PreflightPassed=False: {msg}");
+    assert!(
+        msg.contains("target.namespaces") && msg.contains("shop.orders"),
+        "{msg}"
+    );
+    assert!(msg.contains("fix:"), "the fix is named: {msg}");
+    assert_eq!(j["status"]["state"], "idle", "nothing started");
+    assert_eq!(j["status"]["preflight"]["passed"], false);
+    let checks = j["status"]["preflight"]["checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(checks.len() >= 10, "full report in status: {checks:?}");
+    assert!(checks
+        .iter()
+        .any(|c| c["name"] == "target.namespaces" && c["status"] == "fail"));
+    let reason = j["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PreflightPassed"))
+        .map(|c| c["reason"].clone());
+    assert_eq!(reason, Some(Value::from("ChecksFailed")));
+
+    // Nothing was copied, and the start is not retried in a hot loop.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(planted.count_documents(doc! {}).await.expect("count"), 1);
+    let names = target
+        .database("shop")
+        .list_collection_names()
+        .await
+        .expect("list");
+    assert_eq!(names, vec!["orders".to_string()], "nothing copied");
+    let j = get(&cp, "mj", "mig").expect("job");
+    assert_eq!(j["status"]["state"], "idle");
+    let events = k(&cp, &["get", "events.events.k8s.io", "-o", "json"]);
+    let refusals = events.matches("\"PreflightFailed\"").count();
+    assert!(refusals >= 1, "a PreflightFailed Event:\n{events}");
+    println!("PreflightFailed events after 10 s: {refusals}");
+
+    // The option the report names lets the start through.
+    let t = Instant::now();
+    k(
+        &cp,
+        &[
+            "patch",
+            "mj",
+            "mig",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"dropTargetNamespaces":true}}"#,
+        ],
+    );
+    wait_job(
+        &cp,
+        "mig",
+        "PreflightPassed=True, running",
+        Duration::from_secs(60),
+        |j| {
+            condition(j, "PreflightPassed").is_some_and(|c| c.0 == "True")
+                && j["status"]["state"] == "running"
+        },
+    )
+    .await;
+    println!("started {:.1}s after the patch", t.elapsed().as_secs_f64());
+    wait_job(&cp, "mig", "copy complete", Duration::from_secs(120), |j| {
+        j["status"]["copy"]["completed"] == true
+    })
+    .await;
+    assert_eq!(
+        planted
+            .count_documents(doc! {"_id": "left-over"})
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(planted.count_documents(doc! {}).await.expect("count"), 3000);
+    println!("ISSUE 9 ACCEPTANCE 5: PreflightPassed=False with the reason, nothing started; dropTargetNamespaces then started it");
+}

@@ -75,6 +75,14 @@ pub struct MigrationJobSpec {
     /// The worker pod's image and scheduling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSpec>,
+    /// Drop selected namespaces that already exist on the target before the copy (otherwise
+    /// the preflight refuses to start). Read when the migration starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_target_namespaces: bool,
+    /// Start without the preflight checks (not recommended: a failing check usually means
+    /// the migration cannot finish).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_preflight: bool,
 }
 
 /// How to reach one deployment. Credentials never go in the URI.
@@ -287,7 +295,7 @@ pub struct MigrationJobStatus {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Paused, Finalized, Failed.
+    /// Ready, Progressing, Paused, Finalized, Failed, PreflightPassed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -308,6 +316,42 @@ pub struct MigrationJobStatus {
     /// The last `mongoferry.io/retry` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_retry: Option<String>,
+    /// The preflight report the worker judged the start by (the `PreflightPassed` condition
+    /// summarises it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightStatus>,
+}
+
+/// The last preflight report, as the worker gave it when asked to start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightStatus {
+    /// No check failed (warnings allowed).
+    pub passed: bool,
+    pub summary: String,
+    /// When the operator received the report (RFC 3339).
+    pub checked_at: String,
+    /// The spec generation the report was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Every check with its verdict; `fix` says what to do when it did not pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<PreflightCheckStatus>,
+    pub estimated_bytes: u64,
+    pub estimated_documents: u64,
+    pub estimated_copy_seconds: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightCheckStatus {
+    /// e.g. `source.privileges`, `source.oplogWindow`, `target.namespaces`.
+    pub name: String,
+    /// pass, warn or fail.
+    pub status: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

@@ -246,8 +246,11 @@ pub struct ApiError {
 }
 
 /// Body of a successful state-changing call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiOk {
     pub ok: bool,
     pub state: State,
+    /// `POST /start` only: the preflight report the start was judged by (warnings included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Box<crate::api::PreflightReport>>,
 }

@@ -292,7 +292,12 @@ impl Engine {
         }
     }
 
-    pub async fn start(&self, req: StartRequest) -> std::result::Result<State, CommandError> {
+    /// Start the migration; the answer carries the preflight report the start was judged by
+    /// (none with `skipPreflight`).
+    pub async fn start(
+        &self,
+        req: StartRequest,
+    ) -> std::result::Result<(State, Option<crate::api::PreflightReport>), CommandError> {
         self.wait_ready().await?;
         filter::NamespaceFilter::new(&req.include_namespaces, &req.exclude_namespaces)
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
@@ -306,6 +311,7 @@ impl Engine {
                 self.facts(&cp),
             )?;
         }
+        let mut judged_by = None;
         if !req.skip_preflight {
             let report = self
                 .preflight(PreflightQuery {
@@ -327,6 +333,7 @@ impl Engine {
             {
                 warn!(check = %c.name, reason = %c.reason, "preflight warning");
             }
+            judged_by = Some(report);
         } else {
             warn!("starting without the preflight (skipPreflight)");
         }
@@ -357,7 +364,7 @@ impl Engine {
         drop(cp);
         self.spawn(&mut ctl);
         info!("migration started");
-        Ok(next)
+        Ok((next, judged_by))
     }
 
     pub async fn pause(&self) -> std::result::Result<State, CommandError> {

@@ -12,11 +12,14 @@ use super::decide::{Action, DeleteReason, WorkerCall};
 use super::error::{kube, Error, Result};
 use super::observe::{Snapshot, FINALIZER};
 use super::podspec::{self, WORKER_PORT};
+use super::preflight::Outcome;
 use super::worker_client::{CallOutcome, WorkerClient};
 
-/// Whether a worker call was made (the caller re-reads /status then).
+/// Whether a worker call was made (the caller re-reads /status then), and what a start
+/// learnt of the preflight.
 pub struct Applied {
     pub called_worker: bool,
+    pub preflight: Outcome,
 }
 
 pub async fn apply(
@@ -31,6 +34,7 @@ pub async fn apply(
     let jobs: Api<MigrationJob> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut called_worker = false;
+    let mut preflight = Outcome::NotRun;
     for a in actions {
         match a {
             Action::AddFinalizer | Action::RemoveFinalizer => {
@@ -98,20 +102,42 @@ pub async fn apply(
                 let client = WorkerClient::new(ctx.http.clone(), ip, WORKER_PORT, token.clone());
                 called_worker = true;
                 match client.call(c).await? {
-                    CallOutcome::Accepted => {
+                    CallOutcome::Accepted { preflight: report } => {
                         info!(job = %name, call = c.name(), "worker accepted");
                         ctx.event(job, false, call_reason(c), call_note(c)).await;
+                        if matches!(c, WorkerCall::Start(_)) {
+                            preflight = match report {
+                                Some(r) => Outcome::Report(r),
+                                None => Outcome::Skipped,
+                            };
+                        }
                     }
-                    CallOutcome::Refused(m) => {
-                        info!(job = %name, call = c.name(), refusal = %m, "worker refused");
-                        ctx.event(job, true, "WorkerRefused", format!("{}: {m}", c.name()))
-                            .await;
+                    CallOutcome::Refused {
+                        message,
+                        preflight: Some(r),
+                    } => {
+                        info!(job = %name, summary = %r.summary, "preflight refused the start");
+                        ctx.event(job, true, "PreflightFailed", message).await;
+                        preflight = Outcome::Report(r);
+                    }
+                    CallOutcome::Refused { message, .. } => {
+                        info!(job = %name, call = c.name(), refusal = %message, "worker refused");
+                        ctx.event(
+                            job,
+                            true,
+                            "WorkerRefused",
+                            format!("{}: {message}", c.name()),
+                        )
+                        .await;
                     }
                 }
             }
         }
     }
-    Ok(Applied { called_worker })
+    Ok(Applied {
+        called_worker,
+        preflight,
+    })
 }
 
 fn call_reason(c: &WorkerCall) -> &'static str {

@@ -87,6 +87,7 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
         decision: &decision,
         previous: job.status.as_ref(),
         now: Time(now),
+        preflight: &applied.preflight,
     });
     write_status(ctx, job, &new).await?;
     let ns = job.namespace().unwrap_or_default();

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::preflight::RECHECK;
 use crate::api::crd::{DesiredState, MigrationJobSpec, Verify};
 use crate::api::{
     CloneTuning, FinalizeRequest, ReplicationTuning, StartRequest, State, VerifyMode, WorkerStatus,
@@ -56,6 +57,8 @@ pub struct Observed {
     pub handled_retry: Option<String>,
     /// How long the job has been in the failed state (from its Failed condition).
     pub failed_for: Option<Duration>,
+    /// A failed preflight of this generation, holding the start back.
+    pub preflight_hold: Option<super::preflight::Hold>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,24 +188,36 @@ fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> De
     use State as S;
     let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
     match (spec.desired_state, ws.state) {
-        (_, S::Failed) => {
-            let fresh = obs
-                .retry_annotation
-                .as_ref()
-                .filter(|r| obs.handled_retry.as_ref() != Some(*r));
-            match fresh {
-                Some(r) => {
-                    let mut d = call(WorkerCall::Resume { from_failure: true });
-                    d.handled_retry = Some(r.clone());
+        (_, S::Failed) => match fresh_retry(obs) {
+            Some(r) => {
+                let mut d = call(WorkerCall::Resume { from_failure: true });
+                d.handled_retry = Some(r);
+                d
+            }
+            None => Decision::new(vec![], failed_backoff(obs.failed_for)).waiting(
+                "the migration failed; fix the cause, then set annotation \
+                     mongoferry.io/retry to a new value to resume from the checkpoint",
+            ),
+        },
+        (D::Running | D::Finalized, S::Idle) => {
+            let fresh = fresh_retry(obs);
+            match &obs.preflight_hold {
+                Some(h) if h.age < RECHECK && fresh.is_none() => {
+                    Decision::new(vec![], (RECHECK - h.age).max(FAST)).waiting(format!(
+                        "the preflight failed ({}); nothing was started. Fix what \
+                         status.preflight names; it is checked again within {} s, at once \
+                         on a spec change or a new mongoferry.io/retry annotation value",
+                        h.summary,
+                        RECHECK.as_secs()
+                    ))
+                }
+                _ => {
+                    let mut d = call(WorkerCall::Start(start_request(spec)));
+                    d.handled_retry = fresh;
                     d
                 }
-                None => Decision::new(vec![], failed_backoff(obs.failed_for)).waiting(
-                    "the migration failed; fix the cause, then set annotation \
-                     mongoferry.io/retry to a new value to resume from the checkpoint",
-                ),
             }
         }
-        (D::Running | D::Finalized, S::Idle) => call(WorkerCall::Start(start_request(spec))),
         (D::Running, S::Paused) => call(WorkerCall::Resume {
             from_failure: false,
         }),
@@ -222,6 +237,13 @@ fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> De
         (D::Finalized, S::Finalized) => Decision::new(vec![], SLOW),
         (D::Paused, S::Paused) => Decision::new(vec![], CALM),
     }
+}
+
+/// A `mongoferry.io/retry` value not acted upon yet.
+fn fresh_retry(obs: &Observed) -> Option<String> {
+    obs.retry_annotation
+        .clone()
+        .filter(|r| obs.handled_retry.as_ref() != Some(r))
 }
 
 /// Polling interval while failed: grows with time in the failed state (5 s to 2 min).
@@ -264,6 +286,8 @@ pub fn start_request(spec: &MigrationJobSpec) -> StartRequest {
             workers: r.workers,
             bulk_ops: r.bulk_ops,
         }),
+        drop_target_namespaces: spec.drop_target_namespaces,
+        skip_preflight: spec.skip_preflight,
         ..Default::default()
     }
 }
@@ -325,6 +349,7 @@ mod tests {
             retry_annotation: None,
             handled_retry: None,
             failed_for: None,
+            preflight_hold: None,
         }
     }
 
@@ -495,5 +520,43 @@ mod tests {
         );
         o.has_finalizer = false;
         assert!(decide(&spec("running"), &o, HASH).actions.is_empty());
+    }
+
+    #[test]
+    fn failed_preflight_holds_the_start_until_recheck_spec_change_or_retry() {
+        use crate::operator::preflight::Hold;
+        let mut o = obs(ws(State::Idle, false));
+        o.preflight_hold = Some(Hold {
+            summary: "1 check failed".into(),
+            age: Duration::from_secs(20),
+        });
+        let d = decide(&spec("running"), &o, HASH);
+        assert!(calls(&d).is_empty());
+        assert_eq!(d.requeue, Duration::from_secs(40));
+        assert!(d
+            .waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 check failed"));
+        o.preflight_hold.as_mut().expect("hold").age = RECHECK;
+        assert_eq!(calls(&decide(&spec("running"), &o, HASH)), vec!["start"]);
+        o.preflight_hold.as_mut().expect("hold").age = Duration::ZERO;
+        o.retry_annotation = Some("7".into());
+        let d = decide(&spec("finalized"), &o, HASH);
+        assert_eq!(calls(&d), vec!["start"]);
+        assert_eq!(d.handled_retry.as_deref(), Some("7"));
+        o.handled_retry = Some("7".into());
+        assert!(calls(&decide(&spec("running"), &o, HASH)).is_empty());
+    }
+
+    #[test]
+    fn start_carries_drop_and_skip_options() {
+        let mut s = spec("running");
+        s.drop_target_namespaces = true;
+        s.skip_preflight = true;
+        let r = start_request(&s);
+        assert!(r.drop_target_namespaces && r.skip_preflight);
+        let r = start_request(&spec("running"));
+        assert!(!r.drop_target_namespaces && !r.skip_preflight);
     }
 }

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod podspec;
+pub mod preflight;
 pub mod status;
 pub mod worker_client;
 

@@ -78,6 +78,11 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
             .as_ref()
             .and_then(|s| true_since(s, FAILED))
             .map(|t| elapsed(t.0)),
+        preflight_hold: super::preflight::hold(
+            job.status.as_ref().and_then(|s| s.preflight.as_ref()),
+            job.metadata.generation,
+            now,
+        ),
     };
     Ok(Snapshot {
         observed,

@@ -9,6 +9,7 @@ use crate::api::crd::{
 use crate::api::{FinalizationReport, State, WorkerStatus};
 
 use super::decide::{CredentialsObs, Decision, Observed, WorkerObs};
+use super::preflight::{self, PREFLIGHT_PASSED};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -24,6 +25,8 @@ pub struct Inputs<'a> {
     pub decision: &'a Decision,
     pub previous: Option<&'a MigrationJobStatus>,
     pub now: Time,
+    /// What this reconcile's start call learnt of the preflight.
+    pub preflight: &'a preflight::Outcome,
 }
 
 pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
@@ -72,7 +75,19 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
     }
     st.progress = st.copy.as_ref().map(|c| format!("{}%", c.percent));
     st.message = message(i, worker);
+    st.preflight = preflight::next(i.preflight, prev.preflight.as_ref(), &i.now, i.generation);
     st.conditions = conditions(i, worker, &prev);
+    if let Some(p) = &st.preflight {
+        let (on, reason, message) = preflight::condition(p);
+        let c = Cond {
+            type_: PREFLIGHT_PASSED,
+            on,
+            reason,
+            message,
+        };
+        st.conditions
+            .push(condition(c, i.generation, &i.now, &prev));
+    }
     st
 }
 
@@ -366,6 +381,7 @@ mod tests {
             retry_annotation: None,
             handled_retry: None,
             failed_for: None,
+            preflight_hold: None,
         }
     }
 
@@ -405,6 +421,7 @@ mod tests {
             decision: &dec,
             previous: prev,
             now: t(now),
+            preflight: &preflight::Outcome::NotRun,
         })
     }
 
@@ -534,5 +551,49 @@ mod tests {
             st.finalization.as_ref().map(|f| f.step.as_str()),
             Some("done")
         );
+    }
+
+    #[test]
+    fn preflight_report_becomes_status_and_condition() {
+        let sp = spec("running");
+        let o = observed(worker(State::Idle, |_| {}));
+        let dec = decision();
+        let report = crate::api::PreflightReport {
+            ok: false,
+            summary: "1 of 2 checks failed".into(),
+            checks: vec![crate::api::PreflightCheck {
+                name: "target.namespaces".into(),
+                status: crate::api::CheckStatus::Fail,
+                reason: "app.users already exists on the target".into(),
+                fix: Some("set spec.dropTargetNamespaces".into()),
+            }],
+            estimate: Default::default(),
+        };
+        let outcome = preflight::Outcome::Report(Box::new(report));
+        let inputs = |prev, outcome, now| Inputs {
+            spec: &sp,
+            generation: Some(3),
+            observed: &o,
+            decision: &dec,
+            previous: prev,
+            now: t(now),
+            preflight: outcome,
+        };
+        let st = compute(&inputs(None, &outcome, 10));
+        let c = cond(&st, PREFLIGHT_PASSED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ChecksFailed")
+        );
+        assert!(c.message.contains("app.users already exists"));
+        let p = st.preflight.as_ref().expect("report kept in status");
+        assert_eq!((p.passed, p.observed_generation), (false, Some(3)));
+        // Later reconciles without a start keep the report and its transition time.
+        let later = compute(&inputs(Some(&st), &preflight::Outcome::NotRun, 50));
+        assert_eq!(later.preflight, st.preflight);
+        assert_eq!(cond(&later, PREFLIGHT_PASSED).last_transition_time, t(10));
+        // No report, no condition.
+        let none = compute(&inputs(None, &preflight::Outcome::NotRun, 10));
+        assert!(none.conditions.iter().all(|c| c.type_ != PREFLIGHT_PASSED));
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::api::{ApiError, WorkerStatus};
+use crate::api::{ApiError, ApiOk, PreflightReport, StartRefused, WorkerStatus};
 
 use super::decide::WorkerCall;
 use super::error::{Error, Result};
@@ -15,12 +15,17 @@ pub struct WorkerClient {
     token: String,
 }
 
-/// What a state-changing call answered.
+/// What a state-changing call answered, with the preflight report a start was judged by.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOutcome {
-    Accepted,
+    Accepted {
+        preflight: Option<Box<PreflightReport>>,
+    },
     /// 409: the worker refused the transition (the message says why).
-    Refused(String),
+    Refused {
+        message: String,
+        preflight: Option<Box<PreflightReport>>,
+    },
 }
 
 impl WorkerClient {
@@ -97,13 +102,26 @@ impl WorkerClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
         if code.is_success() {
-            return Ok(CallOutcome::Accepted);
+            let preflight = serde_json::from_str::<ApiOk>(&text)
+                .ok()
+                .and_then(|ok| ok.preflight);
+            return Ok(CallOutcome::Accepted { preflight });
         }
-        let detail = error_text(resp).await;
         if code == reqwest::StatusCode::CONFLICT {
-            return Ok(CallOutcome::Refused(detail));
+            if let Ok(r) = serde_json::from_str::<StartRefused>(&text) {
+                return Ok(CallOutcome::Refused {
+                    message: r.error,
+                    preflight: Some(Box::new(r.preflight)),
+                });
+            }
+            return Ok(CallOutcome::Refused {
+                message: error_message(text),
+                preflight: None,
+            });
         }
+        let detail = error_message(text);
         Err(Error::WorkerHttp {
             call,
             status: code.as_u16(),
@@ -120,7 +138,10 @@ impl WorkerClient {
 }
 
 async fn error_text(resp: reqwest::Response) -> String {
-    let text = resp.text().await.unwrap_or_default();
+    error_message(resp.text().await.unwrap_or_default())
+}
+
+fn error_message(text: String) -> String {
     serde_json::from_str::<ApiError>(&text)
         .map(|e| e.error)
         .unwrap_or(text)

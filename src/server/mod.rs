@@ -104,7 +104,15 @@ fn body<T: DeserializeOwned + Default>(
 
 fn outcome(r: Result<State, CommandError>) -> Response {
     match r {
-        Ok(state) => (StatusCode::OK, Json(ApiOk { ok: true, state })).into_response(),
+        Ok(state) => (
+            StatusCode::OK,
+            Json(ApiOk {
+                ok: true,
+                state,
+                preflight: None,
+            }),
+        )
+            .into_response(),
         Err(CommandError::Conflict(m)) => error(StatusCode::CONFLICT, m),
         Err(CommandError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(CommandError::Internal(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m),
@@ -191,7 +199,18 @@ async fn parse<T: DeserializeOwned + Default>(req: Request) -> Result<T, Respons
 
 async fn start(AxState(app): AxState<App>, req: Request) -> Response {
     match parse::<StartRequest>(req).await {
-        Ok(b) => outcome(app.engine.start(b).await),
+        Ok(b) => match app.engine.start(b).await {
+            Ok((state, preflight)) => (
+                StatusCode::OK,
+                Json(ApiOk {
+                    ok: true,
+                    state,
+                    preflight: preflight.map(Box::new),
+                }),
+            )
+                .into_response(),
+            Err(e) => outcome(Err(e)),
+        },
         Err(r) => r,
     }
 }
