@@ -33,7 +33,11 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
         Verb::Worker(a) => mongoferry::worker::run(a).await,
         Verb::Demo(a) => Ok(mongoferry::demo::run(a.documents).await?),
         Verb::Operator(a) => Ok(mongoferry::operator::run(a).await?),
-        Verb::Crd => {
+        Verb::Crd(a) if a.reference => {
+            print!("{}", mongoferry::api::crd_reference::markdown()?);
+            Ok(())
+        }
+        Verb::Crd(_) => {
             print!("{}", mongoferry::api::crd::crd_yaml()?);
             Ok(())
         }

@@ -141,8 +141,10 @@ pub struct TlsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// Name of the Secret in the MigrationJob's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Key holding the PEM bundle.
     #[serde(default = "default_ca_key")]
     #[schemars(length(min = 1))]
     pub key: String,
@@ -195,8 +197,10 @@ pub struct Namespaces {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Tuning {
+    /// Initial copy: parallelism and batch size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone: Option<CloneTuning>,
+    /// Change-stream apply: parallelism and bulk size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationTuning>,
 }
@@ -264,14 +268,19 @@ pub struct WorkerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// CPU and memory of the worker container (none set by default; with default tuning the worker stays under 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node labels the worker pod must run on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the worker pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Affinity of the worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// PriorityClass of the worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
     /// Extra labels of the worker pod.
@@ -293,6 +302,7 @@ pub struct MigrationJobStatus {
     /// copying or replicating while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Progressing, Paused, Finalized, Failed, PreflightPassed.
@@ -302,12 +312,16 @@ pub struct MigrationJobStatus {
     /// Copy progress for display, e.g. `42%`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// Initial copy progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyStatus>,
+    /// Change-stream replication progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationStatus>,
+    /// The finalize report (cutoff, indexes, verification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalization: Option<FinalizationStatus>,
+    /// The worker pod running this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_pod: Option<WorkerPodStatus>,
     /// What is happening, or what to fix.
@@ -328,6 +342,7 @@ pub struct MigrationJobStatus {
 pub struct PreflightStatus {
     /// No check failed (warnings allowed).
     pub passed: bool,
+    /// One line: how many checks passed, warned and failed.
     pub summary: String,
     /// When the operator received the report (RFC 3339).
     pub checked_at: String,
@@ -337,8 +352,11 @@ pub struct PreflightStatus {
     /// Every check with its verdict; `fix` says what to do when it did not pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<PreflightCheckStatus>,
+    /// Data the copy will move (collection stats).
     pub estimated_bytes: u64,
+    /// Documents the copy will move.
     pub estimated_documents: u64,
+    /// Estimated copy time at the assumed throughput.
     pub estimated_copy_seconds: u64,
 }
 
@@ -349,7 +367,9 @@ pub struct PreflightCheckStatus {
     pub name: String,
     /// pass, warn or fail.
     pub status: String,
+    /// Why, in one line.
     pub reason: String,
+    /// What to do, when the check did not pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
@@ -357,23 +377,34 @@ pub struct PreflightCheckStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyStatus {
+    /// Bytes copied so far (BSON size).
     pub bytes_copied: u64,
+    /// Estimated bytes to copy (collection stats at the start).
     pub bytes_total: u64,
+    /// Documents copied so far.
     pub documents_copied: u64,
+    /// Estimated documents to copy.
     pub documents_total: u64,
+    /// Collections whose copy finished.
     pub collections_copied: u64,
+    /// Collections selected.
     pub collections_total: u64,
+    /// Bytes copied of the estimate, 0–100 (100 only when the copy completed).
     pub percent: u8,
+    /// Estimated seconds until the copy completes, at the current rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
+    /// Every selected collection was copied.
     pub completed: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationStatus {
+    /// Seconds the target is behind the source (any backlog counts as at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<i64>,
+    /// Change events applied to the target.
     pub events_applied: u64,
     /// Source op time of the last applied event (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -388,20 +419,28 @@ pub struct ReplicationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FinalizationStatus {
+    /// Where finalize is: draining (applying up to the cutoff), indexes, verifying, done.
     pub step: String,
+    /// When finalize started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// When finalize completed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// Source time up to which changes were applied (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutoff: Option<String>,
+    /// Indexes given back their source definition (unique, TTL, hidden).
     pub indexes_restored: u64,
     /// At most 20 entries; `indexFailureCount` has the total.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub index_failures: Vec<String>,
+    /// Indexes that could not be restored.
     pub index_failure_count: u64,
+    /// What the verification compared and found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationStatus>,
+    /// What the report warns about (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -409,9 +448,13 @@ pub struct FinalizationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct VerificationStatus {
+    /// full, counts or none.
     pub mode: String,
+    /// Collections compared.
     pub collections_checked: u64,
+    /// Documents compared.
     pub documents_checked: u64,
+    /// Differences found (0 means the target equals the source at the cutoff).
     pub mismatch_count: u64,
     /// At most 20 entries, `kind namespace id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -421,8 +464,11 @@ pub struct VerificationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerPodStatus {
+    /// The worker pod.
     pub name: String,
+    /// Restarts of the worker container.
     pub restarts: i32,
+    /// The worker pod's address (the operator calls its API there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
 }
@@ -436,12 +482,12 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "type": "object",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
-                "type": {"type": "string"},
+                "type": {"type": "string", "description": "Ready, Progressing, Paused, Finalized, Failed or PreflightPassed."},
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "observedGeneration": {"type": "integer", "format": "int64"},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
-                "reason": {"type": "string"},
-                "message": {"type": "string"}
+                "observedGeneration": {"type": "integer", "format": "int64", "description": "The spec generation the condition was set for."},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When the status last changed."},
+                "reason": {"type": "string", "description": "Machine-readable cause, CamelCase."},
+                "message": {"type": "string", "description": "What is happening, or what to fix."}
             }
         }
     })

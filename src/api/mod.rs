@@ -1,6 +1,7 @@
 //! Types shared by the worker's HTTP API, its CLI client and the operator.
 
 pub mod crd;
+pub mod crd_reference;
 pub mod preflight;
 pub mod status;
 

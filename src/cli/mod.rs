@@ -40,8 +40,15 @@ pub enum Verb {
     Demo(DemoArgs),
     /// Run the Kubernetes operator (controller of MigrationJob resources).
     Operator(OperatorArgs),
-    /// Print the MigrationJob CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the MigrationJob CustomResourceDefinition as YAML (or its reference page).
+    Crd(CrdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CrdArgs {
+    /// Print the field reference as Markdown (docs/crd-reference.md) instead of the YAML.
+    #[arg(long)]
+    pub reference: bool,
 }
 
 #[derive(Args, Debug)]
