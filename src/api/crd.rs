@@ -330,6 +330,9 @@ pub struct MigrationJobStatus {
     /// The last `mongoferry.io/retry` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_retry: Option<String>,
+    /// The last `mongoferry.io/reset` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_reset: Option<String>,
     /// The preflight report the worker judged the start by (the `PreflightPassed` condition
     /// summarises it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

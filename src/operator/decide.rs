@@ -55,6 +55,10 @@ pub struct Observed {
     pub retry_annotation: Option<String>,
     /// `status.handledRetry`.
     pub handled_retry: Option<String>,
+    /// The `mongoferry.io/reset` annotation.
+    pub reset_annotation: Option<String>,
+    /// `status.handledReset`.
+    pub handled_reset: Option<String>,
     /// How long the job has been in the failed state (from its Failed condition).
     pub failed_for: Option<Duration>,
     /// A failed preflight of this generation, holding the start back.
@@ -106,6 +110,8 @@ pub struct Decision {
     pub waiting: Option<String>,
     /// The retry annotation consumed by this decision.
     pub handled_retry: Option<String>,
+    /// The reset annotation consumed by this decision.
+    pub handled_reset: Option<String>,
 }
 
 impl Decision {
@@ -115,6 +121,7 @@ impl Decision {
             requeue,
             waiting: None,
             handled_retry: None,
+            handled_reset: None,
         }
     }
     fn waiting(mut self, why: impl Into<String>) -> Self {
@@ -184,6 +191,39 @@ pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -
 
 /// What to ask a reachable worker, by desired and actual state.
 fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
+    use DesiredState as D;
+    use State as S;
+    let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
+    if let Some(r) = obs
+        .reset_annotation
+        .clone()
+        .filter(|r| obs.handled_reset.as_ref() != Some(r))
+    {
+        return match ws.state {
+            S::Failed | S::Paused => {
+                let mut req = start_request(spec);
+                req.reset = true;
+                let mut d = call(WorkerCall::Start(req));
+                d.handled_reset = Some(r);
+                d
+            }
+            S::Idle => {
+                // Nothing to forget: consume it and start as usual.
+                let mut d = worker_step_state(spec, ws, obs);
+                d.handled_reset = Some(r);
+                d
+            }
+            _ => Decision::new(vec![], CALM).waiting(
+                "mongoferry.io/reset is set: pause the migration first (desiredState: paused); \
+                 a finalized migration is not reset (create a new MigrationJob)",
+            ),
+        };
+    }
+    worker_step_state(spec, ws, obs)
+}
+
+/// What to ask a reachable worker, by desired and actual state (no reset pending).
+fn worker_step_state(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
     use DesiredState as D;
     use State as S;
     let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
@@ -348,6 +388,8 @@ mod tests {
             worker,
             retry_annotation: None,
             handled_retry: None,
+            reset_annotation: None,
+            handled_reset: None,
             failed_for: None,
             preflight_hold: None,
         }
@@ -558,5 +600,34 @@ mod tests {
         assert!(r.drop_target_namespaces && r.skip_preflight);
         let r = start_request(&spec("running"));
         assert!(!r.drop_target_namespaces && !r.skip_preflight);
+    }
+
+    #[test]
+    fn reset_annotation_restarts_a_failed_or_paused_run_once() {
+        let mut o = obs(ws(State::Failed, true));
+        o.reset_annotation = Some("r1".into());
+        let d = decide(&spec("running"), &o, HASH);
+        let Some(Action::Call(WorkerCall::Start(req))) = d.actions.first() else {
+            panic!("{d:?}")
+        };
+        assert!(req.reset);
+        assert_eq!(d.handled_reset.as_deref(), Some("r1"));
+        o.handled_reset = Some("r1".into());
+        assert!(
+            calls(&decide(&spec("running"), &o, HASH)).is_empty(),
+            "once"
+        );
+        o.handled_reset = None;
+        o.worker = ws(State::Paused, true);
+        assert_eq!(calls(&decide(&spec("paused"), &o, HASH)), vec!["start"]);
+        o.worker = ws(State::Running, true);
+        let d = decide(&spec("running"), &o, HASH);
+        assert!(d.actions.is_empty());
+        assert!(d.waiting.as_deref().unwrap_or("").contains("pause"));
+        assert_eq!(d.handled_reset, None, "kept for when it is paused");
+        o.worker = ws(State::Idle, false);
+        let d = decide(&spec("running"), &o, HASH);
+        assert_eq!(calls(&d), vec!["start"]);
+        assert_eq!(d.handled_reset.as_deref(), Some("r1"));
     }
 }

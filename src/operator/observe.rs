@@ -18,6 +18,7 @@ use super::worker_client::WorkerClient;
 
 pub const FINALIZER: &str = "mongoferry.io/stop-worker";
 pub const RETRY_ANNOTATION: &str = "mongoferry.io/retry";
+pub const RESET_ANNOTATION: &str = "mongoferry.io/reset";
 
 /// What observation produced besides [`Observed`].
 pub struct Snapshot {
@@ -73,6 +74,8 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
         worker,
         retry_annotation: job.annotations().get(RETRY_ANNOTATION).cloned(),
         handled_retry: job.status.as_ref().and_then(|s| s.handled_retry.clone()),
+        reset_annotation: job.annotations().get(RESET_ANNOTATION).cloned(),
+        handled_reset: job.status.as_ref().and_then(|s| s.handled_reset.clone()),
         failed_for: job
             .status
             .as_ref()

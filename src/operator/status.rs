@@ -39,6 +39,11 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
             .handled_retry
             .clone()
             .or(prev.handled_retry.clone()),
+        handled_reset: i
+            .decision
+            .handled_reset
+            .clone()
+            .or(prev.handled_reset.clone()),
         worker_pod: obs.pod.as_ref().map(|p| WorkerPodStatus {
             name: p.name.clone(),
             restarts: p.restarts,
@@ -380,6 +385,8 @@ mod tests {
             worker,
             retry_annotation: None,
             handled_retry: None,
+            reset_annotation: None,
+            handled_reset: None,
             failed_for: None,
             preflight_hold: None,
         }
@@ -391,6 +398,7 @@ mod tests {
             requeue: Duration::from_secs(1),
             waiting: None,
             handled_retry: None,
+            handled_reset: None,
         }
     }
 
