@@ -191,7 +191,6 @@ pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -
 
 /// What to ask a reachable worker, by desired and actual state.
 fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
-    use DesiredState as D;
     use State as S;
     let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
     if let Some(r) = obs
