@@ -31,7 +31,19 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
     match v {
         Verb::Worker(a) => mongoferry::worker::run(a).await,
-        Verb::Demo(a) => Ok(mongoferry::demo::run(a.documents).await?),
+        Verb::Demo(a) => match a.kubeconfig {
+            Some(kubeconfig) => {
+                let k = mongoferry::demo::kube::KubeDemo {
+                    kubeconfig,
+                    helm: a.helm,
+                    chart: a.chart,
+                    namespace: a.namespace,
+                    helm_set: a.helm_set,
+                };
+                Ok(mongoferry::demo::kube::run(&k, a.documents).await?)
+            }
+            None => Ok(mongoferry::demo::run(a.documents).await?),
+        },
         Verb::Operator(a) => Ok(mongoferry::operator::run(a).await?),
         Verb::Crd(a) if a.reference => {
             print!("{}", mongoferry::api::crd_reference::markdown()?);

@@ -56,6 +56,22 @@ pub struct DemoArgs {
     /// Sample documents to load into the source.
     #[arg(long, default_value_t = 40_000)]
     pub documents: u32,
+    /// Run through Kubernetes: install the operator with Helm on this cluster and drive a
+    /// MigrationJob (without it, the worker runs directly).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The helm binary (with --kubeconfig).
+    #[arg(long, default_value = "helm")]
+    pub helm: PathBuf,
+    /// The chart to install (with --kubeconfig).
+    #[arg(long, default_value = "charts/mongoferry")]
+    pub chart: PathBuf,
+    /// Namespace of the operator and the MigrationJob (with --kubeconfig).
+    #[arg(long, default_value = "mongoferry-demo")]
+    pub namespace: String,
+    /// Extra chart values, `key=value` (repeatable; with --kubeconfig).
+    #[arg(long = "set")]
+    pub helm_set: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -190,24 +190,86 @@ async fn wait_until(
     }
 }
 
+pub mod kube;
+
+/// The demo's data side: two local servers, the sample dataset, live writes on the source.
+pub struct Sample {
+    pub source_uri: String,
+    pub target_uri: String,
+    pub dir: PathBuf,
+    src: Client,
+    dst: Client,
+    writes: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    servers: std::sync::Mutex<Vec<Proc>>,
+}
+
+impl Sample {
+    /// Start both servers, load `documents` sample documents and start live writes (steps 1–2).
+    pub async fn start(documents: u32) -> Result<Sample, DemoError> {
+        let bin = server_binary().ok_or(DemoError::NoServer)?;
+        let dir = std::env::temp_dir().join(format!("mongoferry-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(step)?;
+        println!("mongoferry demo — working directory {}", dir.display());
+        let (s, source_uri) = start_server(&bin, &dir, "source")?;
+        let (t, target_uri) = start_server(&bin, &dir, "target")?;
+        let src = Client::with_uri_str(&source_uri).await.map_err(step)?;
+        let dst = Client::with_uri_str(&target_uri).await.map_err(step)?;
+        wait_ping(&src).await?;
+        wait_ping(&dst).await?;
+        println!(
+            "1. source {source_uri} and target {target_uri} are up (SecantusDB, one-node replica sets)"
+        );
+        let n = load_sample(&src, documents).await?;
+        println!("2. loaded {n} sample documents into shop.customers, shop.orders and crm.tickets");
+        let writes = live_writes(src.clone());
+        println!("   live writes are running on the source (inserts, updates, deletes)");
+        Ok(Sample {
+            source_uri,
+            target_uri,
+            dir,
+            src,
+            dst,
+            writes: std::sync::Mutex::new(Some(writes)),
+            servers: std::sync::Mutex::new(vec![s, t]),
+        })
+    }
+
+    /// Stop the live writes and let the last ones land.
+    pub async fn stop_writes(&self) {
+        if let Ok(mut w) = self.writes.lock() {
+            w.take();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// Documents in the sample collections on (source, target).
+    pub async fn counts(&self) -> Result<(u64, u64), DemoError> {
+        Ok((count(&self.src).await?, count(&self.dst).await?))
+    }
+
+    /// Stop the servers and remove the working directory.
+    pub fn stop(&self) {
+        if let Ok(mut w) = self.writes.lock() {
+            w.take();
+        }
+        if let Ok(mut s) = self.servers.lock() {
+            s.clear();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The standalone demo: the worker run directly and driven over its HTTP API.
 pub async fn run(documents: u32) -> Result<(), DemoError> {
     let started = Instant::now();
-    let bin = server_binary().ok_or(DemoError::NoServer)?;
-    let dir = std::env::temp_dir().join(format!("mongoferry-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(step)?;
-    println!("mongoferry demo — working directory {}", dir.display());
-    let (_s, src_uri) = start_server(&bin, &dir, "source")?;
-    let (_t, dst_uri) = start_server(&bin, &dir, "target")?;
-    let src = Client::with_uri_str(&src_uri).await.map_err(step)?;
-    let dst = Client::with_uri_str(&dst_uri).await.map_err(step)?;
-    wait_ping(&src).await?;
-    wait_ping(&dst).await?;
-    println!("1. source {src_uri} and target {dst_uri} are up (SecantusDB, one-node replica sets)");
-    let n = load_sample(&src, documents).await?;
-    println!("2. loaded {n} sample documents into shop.customers, shop.orders and crm.tickets");
-    let writes = live_writes(src.clone());
-    println!("   live writes are running on the source (inserts, updates, deletes)");
+    let sample = Sample::start(documents).await?;
+    let r = standalone(&sample, started).await;
+    sample.stop();
+    r
+}
 
+async fn standalone(sample: &Sample, started: Instant) -> Result<(), DemoError> {
+    let (src_uri, dst_uri, dir) = (&sample.source_uri, &sample.target_uri, &sample.dir);
     let port = free_port()?;
     let token = format!("demo-{}", std::process::id());
     let token_file = dir.join("token");
@@ -215,7 +277,7 @@ pub async fn run(documents: u32) -> Result<(), DemoError> {
     let exe = std::env::current_exe().map_err(step)?;
     let wlog = std::fs::File::create(dir.join("worker.log")).map_err(step)?;
     let worker = Command::new(exe)
-        .args(["worker", "--source", &src_uri, "--target", &dst_uri])
+        .args(["worker", "--source", src_uri, "--target", dst_uri])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--api-token-file")
         .arg(&token_file)
@@ -277,8 +339,7 @@ pub async fn run(documents: u32) -> Result<(), DemoError> {
     )
     .await?;
     println!("7. resumed and caught up: {}", client::summary(&s));
-    drop(writes);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sample.stop_writes().await;
     println!("8. live writes stopped (cutover window); finalizing");
     api.post("/finalize", &serde_json::json!({"verify": "full"}))
         .await
@@ -302,17 +363,13 @@ pub async fn run(documents: u32) -> Result<(), DemoError> {
         "   verification ({:?}): {} collections, {} documents, {} bytes compared, {} mismatches",
         v.mode, v.collections_checked, v.documents_checked, v.bytes_checked, v.mismatch_count
     );
-    let n_src = count(&src).await?;
-    let n_dst = count(&dst).await?;
+    let (n_src, n_dst) = sample.counts().await?;
     println!("   documents: source {n_src}, target {n_dst}");
     println!(
         "done in {:.0}s; cleaning up",
         started.elapsed().as_secs_f64()
     );
     drop(_w);
-    drop(_s);
-    drop(_t);
-    let _ = std::fs::remove_dir_all(&dir);
     if v.mismatch_count > 0 || n_src != n_dst {
         return Err(step("the target differs from the source"));
     }
