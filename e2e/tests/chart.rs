@@ -169,6 +169,14 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
+/// Whether every `key: value` of a label selector is among the pod's labels.
+fn selects(match_labels: &Value, pod: &Value) -> bool {
+    let labels = &pod["metadata"]["labels"];
+    match_labels
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v))
+}
+
 /// Non-root, read-only root filesystem, nothing extra, at pod and container level.
 fn assert_hardened(pod: &Value) {
     let name = pod["metadata"]["name"].as_str().unwrap_or("?");
@@ -431,7 +439,38 @@ fn rendered_chart_passes_server_dry_run() {
 async fn install_migrate_test_uninstall() {
     let started = Instant::now();
     let cp = ControlPlane::start(&binary()).expect("control plane");
-    k(&cp, &["create", "namespace", JOBS_NS]);
+    // Both namespaces enforce the `restricted` Pod Security Standard: the API server's
+    // PodSecurity admission refuses operator, worker or test pods that are not hardened.
+    for ns in [RELEASE_NS, JOBS_NS] {
+        k(&cp, &["create", "namespace", ns]);
+        k(
+            &cp,
+            &[
+                "label",
+                "namespace",
+                ns,
+                "pod-security.kubernetes.io/enforce=restricted",
+            ],
+        );
+    }
+    let refused = kubectl(
+        &cp,
+        &[
+            "run",
+            "plain",
+            "-n",
+            JOBS_NS,
+            "--image=mongoferry",
+            "--restart=Never",
+            "--dry-run=server",
+        ],
+    );
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("violates PodSecurity \"restricted:latest\"")),
+        "PodSecurity admission is not enforced: {refused:?}"
+    );
     let user = User::new("ferry", PASSWORD, &[("root", "admin")]);
     let opts = || ServerOptions {
         auth_users: vec![user.clone()],
@@ -456,7 +495,6 @@ async fn install_migrate_test_uninstall() {
             &chart_dir(),
             "--namespace",
             RELEASE_NS,
-            "--create-namespace",
             "--set",
             &format!("watchNamespaces={{{JOBS_NS}}}"),
             "--wait",
@@ -570,7 +608,41 @@ async fn install_migrate_test_uninstall() {
         "the worker pod got an API token"
     );
     assert_hardened(&worker); // (e)
-    println!("operator and worker pods: non-root, read-only root filesystem");
+    println!("operator and worker pods: non-root, read-only root filesystem, admitted under PodSecurity restricted");
+
+    // The NetworkPolicies and the metrics Service select the pods that really exist (the
+    // pod runner does not enforce policies, so at least their selectors must be right).
+    let np = get(
+        &cp,
+        JOBS_NS,
+        "networkpolicy",
+        &format!("{FULLNAME}-workers"),
+    )
+    .expect("worker NetworkPolicy in the watched namespace");
+    assert!(selects(&np["spec"]["podSelector"]["matchLabels"], &worker));
+    let from = &np["spec"]["ingress"][0]["from"][0];
+    assert_eq!(
+        from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        RELEASE_NS
+    );
+    assert!(pods
+        .iter()
+        .all(|p| selects(&from["podSelector"]["matchLabels"], p)));
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 2242);
+    let np = get(
+        &cp,
+        RELEASE_NS,
+        "networkpolicy",
+        &format!("{FULLNAME}-operator"),
+    )
+    .expect("operator NetworkPolicy");
+    assert!(pods
+        .iter()
+        .all(|p| selects(&np["spec"]["podSelector"]["matchLabels"], p)));
+    let svc = get(&cp, RELEASE_NS, "service", &format!("{FULLNAME}-metrics")).expect("Service");
+    assert!(pods.iter().all(|p| selects(&svc["spec"]["selector"], p)));
+    assert!(!selects(&svc["spec"]["selector"], &worker));
+    println!("NetworkPolicies and the metrics Service select the operator and worker pods");
 
     let wl = Workload::spawn(
         src.client(),
@@ -714,6 +786,7 @@ async fn install_migrate_test_uninstall() {
     );
 
     // (g) helm uninstall: no operator pod is left.
+    assert_eq!(list(&cp, RELEASE_NS, "pods", &operator_sel).len(), 2);
     let t = Instant::now();
     helm_ok(
         Some(&cp),
