@@ -11,3 +11,6 @@ pub mod preflight;
 pub mod server;
 pub mod telemetry;
 pub mod worker;
+
+#[cfg(test)]
+mod chart_tests;

@@ -4,7 +4,7 @@ use mongoferry::api::{
     CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, StartRequest, VerifyMode,
 };
 use mongoferry::cli::client::{self, Client};
-use mongoferry::cli::{Cli, Verb, VerifyArg};
+use mongoferry::cli::{Cli, OperatorCommand, Verb, VerifyArg};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -44,7 +44,22 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => Ok(mongoferry::demo::run(a.documents).await?),
         },
-        Verb::Operator(a) => Ok(mongoferry::operator::run(a).await?),
+        Verb::Operator(a) => match &a.command {
+            Some(OperatorCommand::Check(c)) => {
+                let report = mongoferry::operator::check::run(c).await?;
+                if c.json {
+                    print_json(&serde_json::to_value(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
+                if report.ok {
+                    Ok(())
+                } else {
+                    Err("the installation check failed".into())
+                }
+            }
+            None => Ok(mongoferry::operator::run(a).await?),
+        },
         Verb::Crd(a) if a.reference => {
             print!("{}", mongoferry::api::crd_reference::markdown()?);
             Ok(())

@@ -39,5 +39,6 @@ cleanup() {
 trap cleanup EXIT
 e2e/scripts/controlplane.sh up >/dev/null
 echo "   ready: KUBECONFIG=$STATE/kubeconfig"
-"$BIN" demo --kubeconfig "$STATE/kubeconfig" --helm "$HELM" --chart "$ROOT/charts/mongoferry" \
-    --set image.repository=mongoferry --set image.tag=dev "$@"
+# The chart's default image (ghcr.io/mongoferry/mongoferry) is what the local pod runner
+# plays with this build of mongoferry.
+"$BIN" demo --kubeconfig "$STATE/kubeconfig" --helm "$HELM" --chart "$ROOT/charts/mongoferry" "$@"

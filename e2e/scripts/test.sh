@@ -4,7 +4,7 @@
 # servers, and the Kubernetes suites against a real kube-apiserver built from Go modules.
 #
 #   MONGOFERRY_TEST_FILTER  run only cargo tests whose name contains this
-#   MONGOFERRY_SKIP_KUBE=1  skip the control-plane and operator suites
+#   MONGOFERRY_SKIP_KUBE=1  skip the control-plane, operator and Helm chart suites
 # Ends with one line "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -47,7 +47,7 @@ tally_cargo "$LOGS/unit.log"
 
 step "end-to-end suites (real SecantusDB servers)"
 for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
-    if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && "$t" == operator* ]]; then continue; fi
+    if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && ( "$t" == operator* || "$t" == chart ) ]]; then continue; fi
     echo "--- $t"
     cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
         >"$LOGS/e2e-$t.log" 2>&1

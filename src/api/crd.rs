@@ -528,6 +528,26 @@ mod tests {
         );
     }
 
+    /// The Helm chart ships the same CRD (Helm installs charts/*/crds/ before templates).
+    #[test]
+    fn chart_crd_matches_the_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml"
+        );
+        let generated = crd_yaml().expect("crd renders");
+        if std::env::var_os("MONGOFERRY_UPDATE_CRD").is_some() {
+            std::fs::write(path, &generated).expect("write chart crd");
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml is stale: run \
+             `cargo run -- crd > charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml` \
+             (or MONGOFERRY_UPDATE_CRD=1 cargo test crd)"
+        );
+    }
+
     #[test]
     fn schema_is_structural_enough() {
         let y = crd_yaml().expect("crd renders");

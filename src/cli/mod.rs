@@ -75,10 +75,18 @@ pub struct DemoArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct OperatorArgs {
-    /// Watch MigrationJobs in this namespace only (default: all namespaces).
-    #[arg(long, env = "MONGOFERRY_OPERATOR_NAMESPACE")]
-    pub namespace: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<OperatorCommand>,
+    /// Watch MigrationJobs in these namespaces only (comma-separated or repeated; default:
+    /// all namespaces). Namespaced RBAC (a Role per namespace) is then enough.
+    #[arg(
+        long = "namespace",
+        env = "MONGOFERRY_OPERATOR_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
     /// Image of the worker pods (a MigrationJob's spec.worker.image overrides it).
     #[arg(
         long,
@@ -86,6 +94,10 @@ pub struct OperatorArgs {
         default_value = concat!("ghcr.io/mongoferry/mongoferry:", env!("CARGO_PKG_VERSION"))
     )]
     pub worker_image: String,
+    /// ServiceAccount of the worker pods (it must exist in each job's namespace; default: the
+    /// namespace's `default`). Worker pods never mount its token: they need no API access.
+    #[arg(long, env = "MONGOFERRY_WORKER_SERVICE_ACCOUNT")]
+    pub worker_service_account: Option<String>,
     /// Address of /metrics and /healthz.
     #[arg(
         long,
@@ -105,6 +117,34 @@ pub struct OperatorArgs {
     /// Identity in the Lease and in Events (default: host name plus a random suffix).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum OperatorCommand {
+    /// Check an installation from inside the cluster (the chart's `helm test`): the
+    /// MigrationJob API is served and this ServiceAccount holds every permission the operator
+    /// needs. Exit code 1 when a check fails.
+    Check(OperatorCheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OperatorCheckArgs {
+    /// Namespaces the operator watches (comma-separated or repeated; default: all namespaces).
+    #[arg(
+        long = "namespace",
+        env = "MONGOFERRY_OPERATOR_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Namespace of the leader Lease; its permissions are checked when given.
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "mongoferry-operator")]
+    pub lease_name: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -257,4 +297,52 @@ pub struct StatusArgs {
     /// Seconds between refreshes with --watch.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operator(args: &[&str]) -> Result<OperatorArgs, clap::Error> {
+        let mut argv = vec!["mongoferry", "operator"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Verb::Operator(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn operator_watches_listed_namespaces() {
+        let a = operator(&["--namespace", "a,b", "--namespace", "c"]).expect("parse");
+        assert_eq!(a.namespaces, vec!["a", "b", "c"]);
+        assert!(a.command.is_none());
+        let a = operator(&["--worker-service-account", "mf-worker"]).expect("parse");
+        assert!(a.namespaces.is_empty(), "default: all namespaces");
+        assert_eq!(a.worker_service_account.as_deref(), Some("mf-worker"));
+    }
+
+    #[test]
+    fn operator_check_subcommand() {
+        let a = operator(&[
+            "check",
+            "--namespace=shop,billing",
+            "--lease-namespace",
+            "ops",
+            "--lease-name",
+            "lead",
+        ])
+        .expect("parse");
+        match a.command {
+            Some(OperatorCommand::Check(c)) => {
+                assert_eq!(c.namespaces, vec!["shop", "billing"]);
+                assert_eq!(c.lease_namespace.as_deref(), Some("ops"));
+                assert_eq!(c.lease_name, "lead");
+                assert!(!c.json);
+            }
+            None => panic!("no subcommand"),
+        }
+        // Flags of the controller do not mix with the check.
+        assert!(operator(&["--leader-election", "check"]).is_err());
+    }
 }

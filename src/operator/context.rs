@@ -18,6 +18,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Image of worker pods whose job names none.
     pub worker_image: String,
+    /// ServiceAccount of worker pods (None: the namespace's default).
+    pub worker_service_account: Option<String>,
     /// Consecutive failed reconciliations per job, for the error backoff.
     pub failures: Mutex<HashMap<String, u32>>,
 }

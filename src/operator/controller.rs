@@ -54,6 +54,7 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
     let mut snap = observe(ctx, job, now).await?;
     let inputs = PodInputs {
         default_image: &ctx.worker_image,
+        service_account: ctx.worker_service_account.as_deref(),
         credentials_hash: &snap.credentials_hash,
         owner: apply::owner(job)?,
     };

@@ -4,6 +4,7 @@
 //! Only the holder of the leader Lease runs the controller; losing it ends the process.
 
 pub mod apply;
+pub mod check;
 pub mod context;
 pub mod controller;
 pub mod decide;
@@ -44,7 +45,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     })?);
     let server = tokio::spawn(metrics::serve(args.metrics_listen.clone(), metrics.clone()));
     let identity = leader::identity(args.identity.clone());
-    info!(identity = %identity, namespace = ?args.namespace, worker_image = %args.worker_image,
+    info!(identity = %identity, namespaces = ?args.namespaces, worker_image = %args.worker_image,
           metrics = %args.metrics_listen, leader_election = args.leader_election, "starting operator");
     let work = async {
         if args.leader_election {
@@ -78,29 +79,24 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     }
 }
 
+/// One controller per watched namespace (or one over all namespaces), sharing the context:
+/// with `--namespace a,b` every API call stays inside those namespaces, so a Role in each is
+/// all the operator needs.
 async fn run_controller(
     client: Client,
     args: &OperatorArgs,
     identity: &str,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<()> {
-    let (jobs, pods, secrets): (Api<MigrationJob>, Api<Pod>, Api<Secret>) = match &args.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    jobs.list(&ListParams::default().limit(1))
-        .await
-        .map_err(error::kube(
-            "listing MigrationJobs (is the CRD installed? kubectl apply -f crds/)",
-        ))?;
+    let scopes = scopes(&args.namespaces);
+    for scope in &scopes {
+        let jobs: Api<MigrationJob> = api(&client, scope.as_deref());
+        jobs.list(&ListParams::default().limit(1))
+            .await
+            .map_err(error::kube(
+                "listing MigrationJobs (is the CRD installed, and may this ServiceAccount list them? kubectl apply -f crds/)",
+            ))?;
+    }
     let reporter = Reporter {
         controller: controller::FIELD_MANAGER.into(),
         instance: Some(identity.to_string()),
@@ -111,8 +107,52 @@ async fn run_controller(
         metrics,
         http: worker_client::WorkerClient::http(),
         worker_image: args.worker_image.clone(),
+        worker_service_account: args.worker_service_account.clone(),
         failures: Mutex::new(HashMap::new()),
     });
+    info!(namespaces = ?scopes, "controller running");
+    futures::future::join_all(
+        scopes
+            .iter()
+            .map(|scope| controller_in(client.clone(), scope.as_deref(), ctx.clone())),
+    )
+    .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// The namespaces to watch: each given one once, or `[None]` (all namespaces).
+pub fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = Vec::new();
+    for ns in namespaces
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+    {
+        if !out.iter().any(|o| o.as_deref() == Some(ns)) {
+            out.push(Some(ns.to_string()));
+        }
+    }
+    if out.is_empty() {
+        out.push(None);
+    }
+    out
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn controller_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) {
+    let (jobs, pods, secrets): (Api<MigrationJob>, Api<Pod>, Api<Secret>) =
+        (api(&client, ns), api(&client, ns), api(&client, ns));
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         podspec::LABEL_MANAGED_BY,
@@ -120,7 +160,6 @@ async fn run_controller(
     ));
     let controller = Controller::new(jobs, watcher::Config::default());
     let store = controller.store();
-    info!("controller running");
     controller
         .owns(pods, owned)
         // Credentials Secrets are the user's: map each to the jobs that name it, so a
@@ -143,8 +182,6 @@ async fn run_controller(
             }
         })
         .await;
-    info!("controller stopped");
-    Ok(())
 }
 
 /// Whether the job names Secret `name` (credentials, CA, or its own token).
@@ -160,4 +197,19 @@ fn references(job: &MigrationJob, name: &str) -> bool {
                     .and_then(|t| t.ca_secret_ref.as_ref())
                     .is_some_and(|c| c.name == name)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_the_given_namespaces_or_all() {
+        assert_eq!(scopes(&[]), vec![None]);
+        assert_eq!(scopes(&["".into(), " ".into()]), vec![None]);
+        assert_eq!(
+            scopes(&["a".into(), "b".into(), "a".into(), " c ".into()]),
+            vec![Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+    }
 }

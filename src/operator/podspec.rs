@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, Pod, PodSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,6 +29,8 @@ pub const MANAGED_BY: &str = "mongoferry-operator";
 pub const ANNOTATION_SPEC_HASH: &str = "mongoferry.io/spec-hash";
 pub const ANNOTATION_CREDENTIALS_HASH: &str = "mongoferry.io/credentials-hash";
 const MOUNT_ROOT: &str = "/etc/mongoferry";
+/// User and group the worker runs as (the image's non-root user, as in distroless "nonroot").
+pub const RUN_AS: i64 = 65532;
 
 pub fn pod_name(job: &str) -> String {
     format!("{}-worker", truncate(job, 240))
@@ -63,6 +65,8 @@ pub struct PodInputs<'a> {
     pub default_image: &'a str,
     /// Hash of the referenced Secrets' relevant data (a rotation changes it).
     pub credentials_hash: &'a str,
+    /// ServiceAccount of the pod (None: the namespace's `default`); its token is never mounted.
+    pub service_account: Option<&'a str>,
     pub owner: OwnerReference,
 }
 
@@ -129,15 +133,7 @@ pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
         liveness_probe: Some(probe("/healthz", 30, 10, 6)),
         resources: w.resources.clone(),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(container_security_context()),
         ..Default::default()
     };
     let pod_spec = PodSpec {
@@ -147,6 +143,8 @@ pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
         // The worker drains and checkpoints on SIGTERM.
         termination_grace_period_seconds: Some(60),
         automount_service_account_token: Some(false),
+        service_account_name: inp.service_account.map(str::to_string),
+        security_context: Some(pod_security_context()),
         node_selector: (!w.node_selector.is_empty()).then(|| w.node_selector.clone()),
         tolerations: (!w.tolerations.is_empty()).then(|| w.tolerations.clone()),
         affinity: w.affinity.clone(),
@@ -170,6 +168,45 @@ pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
         a.insert(ANNOTATION_SPEC_HASH.into(), hash);
     }
     pod
+}
+
+/// Non-root (65532), no privilege escalation, no capabilities, read-only root filesystem,
+/// the runtime's default seccomp profile: the worker needs none of what these take away.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+/// `fsGroup` makes the Secret files (mode 0400, owned by root) group-readable by the worker's
+/// group, so a non-root worker can read its password and token files.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
 }
 
 /// Hash of the pod's spec, labels and annotations (before the hash annotation is added).
@@ -308,6 +345,7 @@ mod tests {
         PodInputs {
             default_image: "mongoferry:dev",
             credentials_hash: "abc",
+            service_account: None,
             owner: OwnerReference {
                 api_version: "mongoferry.io/v1alpha1".into(),
                 kind: "MigrationJob".into(),
@@ -384,6 +422,53 @@ mod tests {
         let mut s = base();
         s["worker"]["image"] = "reg/mongoferry:2.0".into();
         assert_ne!(h(&a), h(&worker_pod(&job(s), &inputs())));
+    }
+
+    #[test]
+    fn hardened_and_without_api_access() {
+        let mut i = inputs();
+        let pod = worker_pod(&job(base()), &i);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name, None);
+        let psc = spec.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(65532));
+        assert_eq!(psc.fs_group, Some(65532));
+        let seccomp = psc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+        assert_eq!(seccomp, Some("RuntimeDefault"));
+        let sc = spec.containers[0]
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let drop = sc.capabilities.as_ref().and_then(|c| c.drop.clone());
+        assert_eq!(drop, Some(vec!["ALL".to_string()]));
+        let seccomp = sc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+        assert_eq!(seccomp, Some("RuntimeDefault"));
+
+        i.service_account = Some("mongoferry-worker");
+        let with_sa = worker_pod(&job(base()), &i);
+        let spec = with_sa.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("mongoferry-worker")
+        );
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let h = |p: &Pod| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_SPEC_HASH).cloned())
+        };
+        assert_ne!(
+            h(&pod),
+            h(&with_sa),
+            "the ServiceAccount is part of the hash"
+        );
     }
 
     #[test]
