@@ -62,7 +62,7 @@ fn helm_bin() -> &'static Path {
 /// Helm with its own cache/config/data directories and, given a control plane, its
 /// kubeconfig.
 fn helm(cp: Option<&ControlPlane>, args: &[&str]) -> Output {
-    let home = std::env::temp_dir().join(format!("mongoferry-helm-home-{}", std::process::id()));
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
     let mut cmd = Command::new(helm_bin());
     cmd.args(args)
         .env("HELM_CACHE_HOME", home.join("cache"))
