@@ -338,7 +338,8 @@ async fn copy_partition(
     if p.natural {
         find = find.sort(doc! {"$natural": 1});
     }
-    let mut cursor = find.await.on(Side::Source, &format!("reading {}", c.ns))?;
+    let reading = format!("reading {}", c.ns);
+    let mut cursor = find.await.on(Side::Source, &reading)?;
     let mut pending: Vec<oneshot::Receiver<Result<()>>> = Vec::new();
     let (mut docs_n, mut bytes_n) = (0i64, 0i64);
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
@@ -361,11 +362,7 @@ async fn copy_partition(
                 None
             }
             Err(e) => {
-                return Err(EngineError::mongo(
-                    Side::Source,
-                    format!("reading {}", c.ns),
-                    e,
-                ))
+                return Err(EngineError::mongo(Side::Source, reading, e))
             }
         };
         let end = next.is_none();
