@@ -325,8 +325,13 @@ async fn copy_collection(
     if cancel.is_cancelled() {
         return Ok(false);
     }
-    let mut parts = ctx.store.partitions_of(&c.ns).await?;
-    if !c.planned || parts.is_empty() {
+    // An unplanned collection is planned afresh: its saved partitions, if any, are not read.
+    let mut parts = if c.planned {
+        ctx.store.partitions_of(&c.ns).await?
+    } else {
+        Vec::new()
+    };
+    if parts.is_empty() {
         parts = plan_collection(ctx, &c, tuning).await?;
         ctx.store.save_partitions(&parts).await?;
         ctx.store

@@ -1139,7 +1139,7 @@ async fn bench_operator(quick: bool, bin: &Path, rep: &mut Report) {
         .await
         .unwrap_or_else(|e| Err(format!("operator measurement panicked: {e}").into())),
         Err(_) if quick => Err(
-            "--quick starts no control plane (its start alone takes about a minute); the full run measures it"
+            "--quick starts no control plane (where cpctl is not built yet, its first build takes ~15 min of CPU); the full run measures it"
                 .into(),
         ),
         Err(_) => operator_on_test_control_plane(bin).await,
