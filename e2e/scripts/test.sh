@@ -65,6 +65,18 @@ else
     tail -20 "$LOGS/demo.log"; fail_step "demo"
 fi
 
+step "benchmark smoke (bench --quick: measures, asserts no threshold)"
+# The debug bench and worker built above (no release build here): the figures are a smoke
+# test only. Results go to target/bench-quick (never docs/). One step: passed if it exits 0.
+bench_start=$SECONDS
+if target/debug/bench --quick --out "$ROOT/target/bench-quick" >"$LOGS/bench-quick.log" 2>&1; then
+    passed=$((passed + 1))
+else
+    tail -20 "$LOGS/bench-quick.log"; fail_step "bench --quick"
+fi
+grep -E '^summary:' "$LOGS/bench-quick.log" || true
+echo "bench --quick: $((SECONDS - bench_start)) s (results in target/bench-quick/bench.json)"
+
 if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/controlplane/test.sh ]]; then
     step "Kubernetes control plane (kube-apiserver + etcd + GC built from Go modules)"
     e2e/controlplane/test.sh 2>&1 | tee "$LOGS/controlplane.log" | tail -25

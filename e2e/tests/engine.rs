@@ -554,6 +554,114 @@ async fn survives_sigkill_during_copy_and_replication() {
     assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
 }
 
+/// 5b. SIGKILL while the catalog is being built (collections created on the target
+/// concurrently and recorded in batches): the restarted worker replaces what it had created
+/// but not yet recorded (no "target already holds" refusal), and the copy is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_while_building_the_catalog() {
+    use futures::StreamExt;
+    let (src, dst) = pair().await;
+    let c = src.client();
+    let n = 2_000usize;
+    let results: Vec<mongodb::error::Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let c = c.clone();
+            async move {
+                let coll = c
+                    .database(&format!("cat{}", i % 4))
+                    .collection::<Document>(&format!("c{i}"));
+                coll.insert_many((0..3).map(|k| doc! {"_id": k, "i": i as i64, "k": k}))
+                    .await?;
+                if i % 100 == 0 {
+                    coll.create_index(
+                        mongodb::IndexModel::builder()
+                            .keys(doc! {"k": 1})
+                            .options(
+                                mongodb::options::IndexOptions::builder()
+                                    .unique(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        r.expect("seed a collection");
+    }
+    c.database("cat0")
+        .create_collection("v")
+        .view_on("c0".to_string())
+        .pipeline(vec![doc! {"$match": {"k": {"$gte": 1}}}])
+        .await
+        .expect("view");
+    let meta = dst.client();
+    let recorded = || async {
+        meta.database("mongoferry")
+            .collection::<Document>("collections")
+            .count_documents(doc! {})
+            .await
+            .unwrap_or(0)
+    };
+    let catalog_done = || async {
+        meta.database("mongoferry")
+            .collection::<Document>("checkpoint")
+            .find_one(doc! {"_id": "job"})
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.get_bool("catalogDone").ok())
+            .unwrap_or(false)
+    };
+    let mut w = worker(&src, &dst).await;
+    w.start_migration(json!({})).await;
+    let mut kills_in_catalog = 0;
+    let mut last = 0;
+    for k in 0..2 {
+        // Kill as soon as one more batch of entries is recorded, while the catalog is not done.
+        let t = Instant::now();
+        let mut killed = false;
+        while t.elapsed() < Duration::from_secs(120) {
+            let now = recorded().await;
+            if now > last {
+                if catalog_done().await {
+                    break;
+                }
+                w.kill();
+                println!("catalog kill {k}: {now} of {n} entries recorded");
+                last = now;
+                killed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !killed {
+            println!("catalog kill {k}: the catalog finished first");
+            break;
+        }
+        kills_in_catalog += 1;
+        w.restart().await;
+    }
+    assert!(kills_in_catalog >= 1, "no kill landed inside the catalog");
+    w.wait_for("copy complete", Duration::from_secs(600), |s| {
+        s["initialSync"]["completed"] == true || s["state"] == "failed"
+    })
+    .await;
+    let st = w.status().await;
+    assert_eq!(st["state"], "running", "status: {st}");
+    assert_eq!(
+        st["initialSync"]["collectionsTotal"].as_u64(),
+        Some(n as u64),
+        "status: {st}"
+    );
+    assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
+}
+
 /// 6. Pause 30 s under writes, resume, catch up; a pause spanning a worker restart stays
 /// paused, then resumes correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

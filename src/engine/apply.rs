@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, rawdoc, Bson, Document, RawArrayBuf, RawDocumentBuf, Timestamp};
 use mongodb::Client;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -555,63 +555,84 @@ pub fn rounds(ops: Vec<(String, String, WriteOp)>) -> Vec<Vec<(String, String, W
 
 /// Write operations on distinct documents of one collection: one `update` command for the
 /// replaces and updates, one `delete` command for the deletes, re-reads for the rest.
+///
+/// Each statement is built by moving the operation's documents into it and serialized once
+/// (which also gives its size); the command is assembled from those bytes. Only the filter is
+/// kept beside it, to re-read the document if the target refuses the statement.
 async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<()> {
-    let mut updates: Vec<(Document, WriteOp)> = Vec::new();
     let mut deletes: Vec<Document> = Vec::new();
     let mut refetch: Vec<Document> = Vec::new();
+    let mut batch: Vec<(RawDocumentBuf, Document)> = Vec::new();
+    let mut batch_bytes = 0usize;
     for op in ops {
-        match op {
+        let (filter, mut stmt) = match op {
             WriteOp::Upsert { ref doc, .. } if has_dollar_fields(doc) => {
                 // A replacement may not hold `$`-prefixed field names: written alone.
-                updates.push((Document::new(), op));
+                write_alone(ctx, db, coll, &op).await?;
+                continue;
             }
-            WriteOp::Upsert {
-                ref filter,
-                ref doc,
-            } => {
-                let stmt = doc! {"q": filter.clone(), "u": doc.clone(), "upsert": true};
-                updates.push((stmt, op));
+            WriteOp::Upsert { filter, doc } => {
+                let stmt = doc! {"q": filter.clone(), "u": doc, "upsert": true};
+                (filter, stmt)
             }
             WriteOp::Update {
-                ref filter,
-                updates: ref u,
-            } if u.len() == 1 => {
-                let stmt = doc! {"q": filter.clone(), "u": u[0].clone()};
-                updates.push((stmt, op));
+                filter,
+                mut updates,
+            } if updates.len() == 1 => {
+                let u = updates.pop().unwrap_or_default();
+                let stmt = doc! {"q": filter.clone(), "u": u};
+                (filter, stmt)
             }
             WriteOp::Update { .. } => {
                 // Several steps (truncation, then sets): apply them in order, alone.
-                updates.push((Document::new(), op));
+                write_alone(ctx, db, coll, &op).await?;
+                continue;
             }
-            WriteOp::Delete { filter } => deletes.push(doc! {"q": filter, "limit": 1}),
-            WriteOp::Refetch { filter } => refetch.push(filter),
-        }
-    }
-    let mut batch: Vec<(Document, WriteOp)> = Vec::new();
-    let mut batch_bytes = 0usize;
-    for (stmt, op) in updates {
-        let len = if stmt.is_empty() {
-            usize::MAX
-        } else {
-            mongodb::bson::to_vec(&stmt)
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX)
+            WriteOp::Delete { filter } => {
+                deletes.push(doc! {"q": filter, "limit": 1});
+                continue;
+            }
+            WriteOp::Refetch { filter } => {
+                refetch.push(filter);
+                continue;
+            }
         };
-        if len >= BIG_STATEMENT {
+        let raw = RawDocumentBuf::from_document(&stmt)
+            .ok()
+            .filter(|r| r.as_bytes().len() < BIG_STATEMENT);
+        let Some(raw) = raw else {
+            // Too big to share a command (or not encodable as one): the driver's helpers.
+            let upsert = stmt.get_bool("upsert").unwrap_or(false);
+            let u = match stmt.remove("u") {
+                Some(Bson::Document(d)) => d,
+                _ => Document::new(),
+            };
+            let op = if upsert {
+                WriteOp::Upsert { filter, doc: u }
+            } else {
+                WriteOp::Update {
+                    filter,
+                    updates: vec![u],
+                }
+            };
             write_alone(ctx, db, coll, &op).await?;
             continue;
-        }
+        };
+        let len = raw.as_bytes().len();
         if batch_bytes + len > COMMAND_BYTES {
             refetch.extend(run_updates(ctx, db, coll, std::mem::take(&mut batch)).await?);
             batch_bytes = 0;
         }
         batch_bytes += len;
-        batch.push((stmt, op));
+        batch.push((raw, filter));
     }
     refetch.extend(run_updates(ctx, db, coll, batch).await?);
     if !deletes.is_empty() {
         for chunk in deletes.chunks(10_000) {
             let cmd = doc! {"delete": coll, "deletes": chunk.to_vec(), "ordered": false};
+            let cmd = RawDocumentBuf::from_document(&cmd).map_err(|e| {
+                EngineError::Other(format!("encoding deletes for {db}.{coll}: {e}"))
+            })?;
             let reply = retrying(ctx, &ctx.target.database(db), &cmd, "deleting").await?;
             if let Ok(wce) = reply.get_document("writeConcernError") {
                 return Err(wce_error(wce, &format!("{db}.{coll}")));
@@ -629,37 +650,41 @@ async fn write_ns(ctx: &Ctx, db: &str, coll: &str, ops: Vec<WriteOp>) -> Result<
     Ok(())
 }
 
-/// Run an `update` command; returns the filters of updates the target refused (to re-read).
+/// The `update` command for serialized statements.
+fn update_command(coll: &str, stmts: Vec<RawDocumentBuf>) -> RawDocumentBuf {
+    let mut updates = RawArrayBuf::new();
+    for s in stmts {
+        updates.push(s);
+    }
+    rawdoc! {"update": coll, "updates": updates, "ordered": false, "bypassDocumentValidation": true}
+}
+
+/// Run an `update` command of (statement, filter) pairs; returns the filters of the
+/// statements the target refused (to re-read).
 async fn run_updates(
     ctx: &Ctx,
     db: &str,
     coll: &str,
-    batch: Vec<(Document, WriteOp)>,
+    batch: Vec<(RawDocumentBuf, Document)>,
 ) -> Result<Vec<Document>> {
     if batch.is_empty() {
         return Ok(vec![]);
     }
-    let stmts: Vec<Document> = batch.iter().map(|(s, _)| s.clone()).collect();
-    let cmd =
-        doc! {"update": coll, "updates": stmts, "ordered": false, "bypassDocumentValidation": true};
+    let (stmts, filters): (Vec<RawDocumentBuf>, Vec<Document>) = batch.into_iter().unzip();
+    let cmd = update_command(coll, stmts);
     let reply = retrying(ctx, &ctx.target.database(db), &cmd, "updating").await?;
     let mut refetch = Vec::new();
     if let Ok(errs) = reply.get_array("writeErrors") {
         for e in errs.iter().filter_map(Bson::as_document) {
             let idx = catalog_num(e.get("index")) as usize;
-            let Some((_, op)) = batch.get(idx) else {
+            let Some(filter) = filters.get(idx) else {
                 continue;
             };
+            // The target's document cannot take this update (its shape differs from the
+            // source's at the time of the event): take the source's current document.
             let code = catalog_num(e.get("code"));
-            match op {
-                // The target's document cannot take this update (its shape differs from the
-                // source's at the time of the event): take the source's current document.
-                WriteOp::Update { filter, .. } | WriteOp::Upsert { filter, .. } => {
-                    debug!(ns = %format!("{db}.{coll}"), code, "update refused; re-reading the document");
-                    refetch.push(filter.clone());
-                }
-                _ => {}
-            }
+            debug!(ns = %format!("{db}.{coll}"), code, "update refused; re-reading the document");
+            refetch.push(filter.clone());
         }
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
@@ -744,8 +769,11 @@ async fn write_alone(ctx: &Ctx, db: &str, coll: &str, op: &WriteOp) -> Result<()
     Ok(())
 }
 
+/// Whether a document holds a `$`-prefixed field name at any depth (walked in place: no
+/// copy of the document).
 fn has_dollar_fields(d: &Document) -> bool {
-    translate::has_dollar_keys(&Bson::Document(d.clone()))
+    d.iter()
+        .any(|(k, v)| k.starts_with('$') || translate::has_dollar_keys(v))
 }
 
 /// Make the target's document equal `doc`: a replace with upsert, or — for documents with
@@ -806,13 +834,14 @@ async fn refetch_one(ctx: &Ctx, db: &str, coll: &str, filter: Document) -> Resul
 async fn retrying(
     ctx: &Ctx,
     db: &mongodb::Database,
-    cmd: &Document,
+    cmd: &RawDocumentBuf,
     what: &str,
 ) -> Result<Document> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match db.run_command(cmd.clone()).await {
+        // A copy of the serialized command is a memcpy; the driver sends its bytes as they are.
+        match db.run_raw_command(cmd.clone()).await {
             Ok(d) if transient_wce(&d) && started.elapsed() < Duration::from_secs(60) => {
                 ctx.metrics.errors.with_label_values(&["apply_retry"]).inc();
                 warn!(reply = %d, "write concern error while {what}; retrying");
@@ -847,6 +876,28 @@ mod tests {
                 doc: doc! {"_id": id},
             },
         )
+    }
+
+    #[test]
+    fn update_command_carries_the_statements_as_given() {
+        let stmts = vec![
+            RawDocumentBuf::from_document(
+                &doc! {"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true},
+            )
+            .expect("encode"),
+            RawDocumentBuf::from_document(&doc! {"q": {"_id": 2}, "u": {"$set": {"b.c": 2}}})
+                .expect("encode"),
+        ];
+        let cmd = update_command("c", stmts).to_document().expect("decode");
+        assert_eq!(
+            cmd,
+            doc! {"update": "c", "updates": [
+                {"q": {"_id": 1}, "u": {"_id": 1, "a": 1}, "upsert": true},
+                {"q": {"_id": 2}, "u": {"$set": {"b.c": 2}}},
+            ], "ordered": false, "bypassDocumentValidation": true}
+        );
+        // The command name comes first, as servers require.
+        assert_eq!(cmd.keys().next().map(String::as_str), Some("update"));
     }
 
     #[test]

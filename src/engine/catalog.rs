@@ -159,13 +159,39 @@ pub fn create_command(e: &CollectionEntry) -> Document {
 /// Create the collection or view on the target. An existing, empty collection is replaced;
 /// one holding documents is refused unless `owned` (created by an earlier run of this job).
 pub async fn create_on_target(target: &Client, e: &CollectionEntry, owned: bool) -> Result<()> {
-    let db = target.database(&e.db);
-    let existing = db
+    let existing = target
+        .database(&e.db)
         .list_collection_names()
         .filter(doc! {"name": &e.coll})
         .await
         .on(Side::Target, "listing target collections")?;
-    if !existing.is_empty() {
+    create_on_target_known(target, e, owned, !existing.is_empty()).await
+}
+
+/// Names of the target's collections and views in `db` (one `listCollections` for a whole
+/// database, instead of one per collection).
+pub async fn target_collection_names(
+    target: &Client,
+    db: &str,
+) -> Result<std::collections::HashSet<String>> {
+    Ok(target
+        .database(db)
+        .list_collection_names()
+        .await
+        .on(Side::Target, "listing target collections")?
+        .into_iter()
+        .collect())
+}
+
+/// [`create_on_target`] when whether the namespace `exists` on the target is already known.
+pub async fn create_on_target_known(
+    target: &Client,
+    e: &CollectionEntry,
+    owned: bool,
+    exists: bool,
+) -> Result<()> {
+    let db = target.database(&e.db);
+    if exists {
         let docs = db
             .collection::<Document>(&e.coll)
             .estimated_document_count()

@@ -5,7 +5,9 @@
 //! Fencing: every worker that takes the job increments `epoch`; every save is conditional on
 //! the epoch it took, so a deposed worker's next save fails and it stops writing.
 
-use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
+use mongodb::bson::{
+    doc, rawdoc, Bson, DateTime, Document, RawArrayBuf, RawDocumentBuf, Timestamp,
+};
 use mongodb::options::ReplaceOptions;
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,10 @@ use super::filter::META_DB;
 use crate::api::{FinalizationReport, StartRequest, State};
 
 const JOB_ID: &str = "job";
+/// Records per batched upsert command.
+const UPSERT_BATCH: usize = 500;
+/// Approximate bytes per batched upsert command (well under the 16 MiB message limit).
+const UPSERT_BATCH_BYTES: usize = 4 << 20;
 
 /// The job document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -97,6 +103,12 @@ pub struct IndexEntry {
     pub ns: String,
     pub name: String,
     pub spec: Document,
+}
+
+/// A record as BSON bytes, for a batched upsert.
+fn encode<T: Serialize>(item: &T, what: &str) -> Result<RawDocumentBuf> {
+    mongodb::bson::to_raw_document_buf(item)
+        .map_err(|e| EngineError::Other(format!("{what}: cannot encode a record: {e}")))
 }
 
 #[derive(Clone)]
@@ -366,6 +378,73 @@ impl Store {
         self.save(&mut fresh).await
     }
 
+    /// Upsert records by `_id` with `update` commands of many statements (one round trip per
+    /// `UPSERT_BATCH` records instead of one per record). Each statement is idempotent, so a
+    /// batch cut short by a crash is simply written again by the next run.
+    async fn upsert_many(
+        &self,
+        coll: &str,
+        items: Vec<(String, RawDocumentBuf)>,
+        what: &str,
+    ) -> Result<()> {
+        let mut stmts = RawArrayBuf::new();
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for (id, u) in items {
+            bytes += u.as_bytes().len() + id.len() + 48;
+            stmts.push(rawdoc! {"q": {"_id": id}, "u": u, "upsert": true});
+            n += 1;
+            // The command stays far below the server's 16 MiB message limit.
+            if n >= UPSERT_BATCH || bytes >= UPSERT_BATCH_BYTES {
+                self.run_upserts(coll, std::mem::take(&mut stmts), what)
+                    .await?;
+                (n, bytes) = (0, 0);
+            }
+        }
+        if n > 0 {
+            self.run_upserts(coll, stmts, what).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_upserts(&self, coll: &str, stmts: RawArrayBuf, what: &str) -> Result<()> {
+        let reply = self
+            .db
+            .run_raw_command(rawdoc! {"update": coll, "updates": stmts, "ordered": false})
+            .await
+            .on(Side::Target, what)?;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            if let Some(e) = errs.iter().filter_map(Bson::as_document).next() {
+                return Err(EngineError::Other(format!(
+                    "{what} failed: {} (code {})",
+                    e.get_str("errmsg").unwrap_or_default(),
+                    super::catalog::num(e.get("code"))
+                )));
+            }
+        }
+        if let Ok(w) = reply.get_document("writeConcernError") {
+            let code = super::catalog::num(w.get("code")) as i32;
+            let msg = format!(
+                "{what}: the target did not confirm the write: {} (code {code})",
+                w.get_str("errmsg").unwrap_or_default()
+            );
+            return Err(match super::error::classify_parts(Some(code), &[], false) {
+                super::error::ErrorClass::Transient => EngineError::Retry(msg),
+                super::error::ErrorClass::Fatal => EngineError::Other(msg),
+            });
+        }
+        Ok(())
+    }
+
+    /// Record many catalog entries (batched upserts).
+    pub async fn upsert_collections(&self, entries: &[CollectionEntry]) -> Result<()> {
+        let what = "saving the catalog";
+        let items = entries
+            .iter()
+            .map(|c| Ok((c.ns.clone(), encode(c, what)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.upsert_many("collections", items, what).await
+    }
+
     pub async fn upsert_collection(&self, c: &CollectionEntry) -> Result<()> {
         self.collections()
             .replace_one(doc! {"_id": &c.ns}, c)
@@ -395,17 +474,12 @@ impl Store {
     }
 
     pub async fn save_partitions(&self, parts: &[PartitionEntry]) -> Result<()> {
-        if parts.is_empty() {
-            return Ok(());
-        }
-        for p in parts {
-            self.partitions()
-                .replace_one(doc! {"_id": &p.id}, p)
-                .upsert(true)
-                .await
-                .on(Side::Target, "saving copy partitions")?;
-        }
-        Ok(())
+        let what = "saving copy partitions";
+        let items = parts
+            .iter()
+            .map(|p| Ok((p.id.clone(), encode(p, what)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.upsert_many("partitions", items, what).await
     }
 
     pub async fn partitions_of(&self, ns: &str) -> Result<Vec<PartitionEntry>> {
@@ -482,17 +556,21 @@ impl Store {
 
     /// Record the source definitions of a collection's indexes (restored at finalize).
     pub async fn save_index_specs(&self, ns: &str, specs: &[Document]) -> Result<()> {
-        for s in specs {
-            let name = s.get_str("name").unwrap_or_default().to_string();
-            self.save_index(&IndexEntry {
-                id: format!("{ns}#{name}"),
-                ns: ns.to_string(),
-                name,
-                spec: super::catalog::normalize_index(s),
+        let what = "saving index definitions";
+        let items = specs
+            .iter()
+            .map(|s| {
+                let name = s.get_str("name").unwrap_or_default().to_string();
+                let e = IndexEntry {
+                    id: format!("{ns}#{name}"),
+                    ns: ns.to_string(),
+                    name,
+                    spec: super::catalog::normalize_index(s),
+                };
+                Ok((e.id.clone(), encode(&e, what)?))
             })
-            .await?;
-        }
-        Ok(())
+            .collect::<Result<Vec<_>>>()?;
+        self.upsert_many("indexes", items, what).await
     }
 
     pub async fn delete_indexes(&self, filter: Document) -> Result<()> {

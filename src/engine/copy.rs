@@ -3,6 +3,7 @@
 //! flight bounded by a budget. Finished partitions are recorded, so a restarted worker does
 //! not copy them again.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::catalog;
-use super::checkpoint::{Checkpoint, CollectionEntry, IndexEntry, PartitionEntry};
+use super::checkpoint::{Checkpoint, CollectionEntry, PartitionEntry};
 use super::error::{classify_mongo, EngineError, ErrorClass, MongoContext, Result, Side};
 use super::filter::NamespaceFilter;
 use super::partition;
@@ -55,7 +56,7 @@ pub async fn run(
         )
     };
     if !catalog_done {
-        build_catalog(ctx, cp, &filter).await?;
+        build_catalog(ctx, cp, &filter, tuning).await?;
     }
     let mut pending: Vec<CollectionEntry> = ctx
         .store
@@ -143,11 +144,21 @@ pub async fn run(
     Ok(CopyOutcome::Completed)
 }
 
+/// Catalog entries recorded per batched write.
+const CATALOG_RECORD_BATCH: usize = 256;
+
 /// List, size and create every selected collection on the target.
+///
+/// Collections are sized and created `tuning.catalog_workers` at a time (each is a few
+/// metadata round trips, so a serial loop spends its time waiting), and recorded in batches.
+/// Crash safety: an entry is recorded only after its collection was created; a collection
+/// created but not yet recorded when the worker died is empty (no copy starts before the
+/// whole catalog is recorded) and the next run replaces it.
 async fn build_catalog(
     ctx: &Arc<Ctx>,
     cp: &Arc<Mutex<Checkpoint>>,
     filter: &NamespaceFilter,
+    tuning: &Tuning,
 ) -> Result<()> {
     {
         let mut c = cp.lock().await;
@@ -159,7 +170,7 @@ async fn build_catalog(
     }
     // With dropTargetNamespaces, every selected namespace may be replaced.
     let drop_any = cp.lock().await.options.drop_target_namespaces;
-    let owned: std::collections::HashSet<String> = ctx
+    let owned: HashSet<String> = ctx
         .store
         .all_collections()
         .await?
@@ -169,30 +180,35 @@ async fn build_catalog(
         .collect();
     let listed = catalog::list_selected(&ctx.source, filter).await?;
     let mut warnings = Vec::new();
-    let (mut bytes, mut docs, mut total) = (0i64, 0i64, 0i64);
-    // Collections before views: a view may be defined on a collection.
-    let mut listed = listed;
-    listed.sort_by_key(|l| l.entry.kind == "view");
+    let mut entries = Vec::new();
     for l in listed {
-        if let Some(why) = l.unsupported {
-            warn!(ns = %l.entry.ns, reason = %why, "skipping");
-            warnings.push(format!("{}: {why}", l.entry.ns));
-            continue;
+        match l.unsupported {
+            Some(why) => {
+                warn!(ns = %l.entry.ns, reason = %why, "skipping");
+                warnings.push(format!("{}: {why}", l.entry.ns));
+            }
+            None => entries.push(l.entry),
         }
-        let mut e = l.entry;
-        if e.kind == "collection" {
-            let (b, n) = catalog::estimate(&ctx.source, &e.db, &e.coll).await?;
-            e.size_bytes = b;
-            e.documents = n;
-            bytes += b;
-            docs += n;
-            total += 1;
-        }
-        catalog::create_on_target(&ctx.target, &e, drop_any || owned.contains(&e.ns)).await?;
-        e.created = true;
-        ctx.store.upsert_collection(&e).await?;
-        debug!(ns = %e.ns, kind = %e.kind, "created on target");
     }
+    // What the target already holds: one listing per database.
+    let mut existing: HashSet<String> = HashSet::new();
+    let dbs: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.db.as_str()).collect();
+    for db in dbs {
+        for name in catalog::target_collection_names(&ctx.target, db).await? {
+            existing.insert(format!("{db}.{name}"));
+        }
+    }
+    let known = Known {
+        owned: &owned,
+        existing: &existing,
+        drop_any,
+    };
+    // Collections before views (a view may be defined on a collection); views one at a time,
+    // in the order listed (a view may be defined on another view).
+    let (colls, views): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.kind != "view");
+    let total = colls.len() as i64;
+    let (bytes, docs) = create_entries(ctx, colls, &known, tuning.catalog_workers).await?;
+    create_entries(ctx, views, &known, 1).await?;
     let mut c = cp.lock().await;
     c.catalog_done = true;
     c.estimated_bytes = bytes;
@@ -210,6 +226,91 @@ async fn build_catalog(
     Ok(())
 }
 
+/// What the catalog knows of the target before creating anything.
+struct Known<'a> {
+    /// Created by an earlier run of this job (replaced without asking).
+    owned: &'a HashSet<String>,
+    /// Present on the target when the catalog started.
+    existing: &'a HashSet<String>,
+    drop_any: bool,
+}
+
+/// Size (collections) and create `entries` on the target, `workers` at a time, recording them
+/// in batches as they are created. Returns the estimated bytes and documents.
+async fn create_entries(
+    ctx: &Arc<Ctx>,
+    entries: Vec<CollectionEntry>,
+    known: &Known<'_>,
+    workers: usize,
+) -> Result<(i64, i64)> {
+    if entries.is_empty() {
+        return Ok((0, 0));
+    }
+    let n = entries.len();
+    // Recording runs beside the creation, so a batch write does not hold the creators up.
+    let (tx, mut rx) = mpsc::channel::<Vec<CollectionEntry>>(2);
+    let store = ctx.store.clone();
+    let recorder = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            store.upsert_collections(&batch).await?;
+        }
+        Ok::<(), EngineError>(())
+    });
+    let mut created = futures::stream::iter(entries)
+        .map(|mut e| async move {
+            if e.kind == "collection" {
+                let (b, n) = catalog::estimate(&ctx.source, &e.db, &e.coll).await?;
+                e.size_bytes = b;
+                e.documents = n;
+            }
+            let owned = known.drop_any || known.owned.contains(&e.ns);
+            let exists = known.existing.contains(&e.ns);
+            catalog::create_on_target_known(&ctx.target, &e, owned, exists).await?;
+            e.created = true;
+            debug!(ns = %e.ns, kind = %e.kind, "created on target");
+            Ok::<CollectionEntry, EngineError>(e)
+        })
+        .buffer_unordered(workers.max(1));
+    let (mut bytes, mut docs, mut done) = (0i64, 0i64, 0usize);
+    let mut pending = Vec::new();
+    let mut failed = None;
+    while let Some(r) = created.next().await {
+        match r {
+            Ok(e) => {
+                bytes += e.size_bytes;
+                docs += e.documents;
+                done += 1;
+                pending.push(e);
+                if pending.len() >= CATALOG_RECORD_BATCH {
+                    ctx.live
+                        .set_info(format!("initial sync: catalog {done}/{n} created"));
+                    if tx.send(std::mem::take(&mut pending)).await.is_err() {
+                        break; // the recorder failed: its error is returned below
+                    }
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(created);
+    // What was created is recorded even when another creation failed.
+    if !pending.is_empty() {
+        let _ = tx.send(pending).await;
+    }
+    drop(tx);
+    let recorded = recorder
+        .await
+        .map_err(|e| EngineError::Other(format!("recording the catalog: {e}")))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    recorded?;
+    Ok((bytes, docs))
+}
+
 /// Copy one collection; `Ok(false)` when stopped before the end.
 #[allow(clippy::too_many_arguments)]
 async fn copy_collection(
@@ -224,8 +325,13 @@ async fn copy_collection(
     if cancel.is_cancelled() {
         return Ok(false);
     }
-    let mut parts = ctx.store.partitions_of(&c.ns).await?;
-    if !c.planned || parts.is_empty() {
+    // An unplanned collection is planned afresh: its saved partitions, if any, are not read.
+    let mut parts = if c.planned {
+        ctx.store.partitions_of(&c.ns).await?
+    } else {
+        Vec::new()
+    };
+    if parts.is_empty() {
         parts = plan_collection(ctx, &c, tuning).await?;
         ctx.store.save_partitions(&parts).await?;
         ctx.store
@@ -261,17 +367,7 @@ async fn copy_collection(
     }
     // Indexes are built after the data: faster than maintaining them during the inserts.
     let specs = catalog::list_indexes(&ctx.source, Side::Source, &c.db, &c.coll).await?;
-    for s in &specs {
-        let name = s.get_str("name").unwrap_or_default().to_string();
-        ctx.store
-            .save_index(&IndexEntry {
-                id: format!("{}#{}", c.ns, name),
-                ns: c.ns.clone(),
-                name,
-                spec: catalog::normalize_index(s),
-            })
-            .await?;
-    }
+    ctx.store.save_index_specs(&c.ns, &specs).await?;
     catalog::create_relaxed_indexes(&ctx.target, &c.db, &c.coll, &specs).await?;
     ctx.store
         .mark_collection(&c.ns, doc! {"copied": true, "indexesBuilt": true})
@@ -291,13 +387,18 @@ async fn plan_collection(
     if c.capped {
         return Ok(partition::plan(&c.ns, None, &Default::default(), true));
     }
-    let census = partition::census(&ctx.source, &c.db, &c.coll).await;
     let avg = if c.documents > 0 {
         (c.size_bytes / c.documents).max(1)
     } else {
         1024
     };
     let per_partition = (tuning.partition_bytes as i64 / avg).max(1000);
+    if small_enough_for_one_partition(c.documents, per_partition) {
+        // Far too small to be split: one partition reading the whole collection (which
+        // matches every `_id` type), without the census's round trip.
+        return Ok(partition::plan(&c.ns, None, &Default::default(), false));
+    }
+    let census = partition::census(&ctx.source, &c.db, &c.coll).await;
     let mut splits = std::collections::BTreeMap::new();
     if let Some(cen) = &census {
         let only = cen.brackets.len() == 1;
@@ -311,6 +412,12 @@ async fn plan_collection(
         }
     }
     Ok(partition::plan(&c.ns, census.as_ref(), &splits, false))
+}
+
+/// Whether a collection of `documents` (estimated at the catalog) is certainly copied as one
+/// partition: no bracket could reach `per_partition`, even if it quadrupled since. Pure.
+fn small_enough_for_one_partition(documents: i64, per_partition: i64) -> bool {
+    documents >= 0 && documents.saturating_mul(4) < per_partition
 }
 
 /// Read one partition and hand its batches to the insert workers; `Ok(false)` if stopped.
@@ -338,7 +445,8 @@ async fn copy_partition(
     if p.natural {
         find = find.sort(doc! {"$natural": 1});
     }
-    let mut cursor = find.await.on(Side::Source, &format!("reading {}", c.ns))?;
+    let reading = format!("reading {}", c.ns);
+    let mut cursor = find.await.on(Side::Source, &reading)?;
     let mut pending: Vec<oneshot::Receiver<Result<()>>> = Vec::new();
     let (mut docs_n, mut bytes_n) = (0i64, 0i64);
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
@@ -360,13 +468,7 @@ async fn copy_partition(
                 warn!(ns = %c.ns, "collection dropped or renamed while being copied");
                 None
             }
-            Err(e) => {
-                return Err(EngineError::mongo(
-                    Side::Source,
-                    format!("reading {}", c.ns),
-                    e,
-                ))
-            }
+            Err(e) => return Err(EngineError::mongo(Side::Source, reading, e)),
         };
         let end = next.is_none();
         if let Some(d) = next {
@@ -597,4 +699,20 @@ pub async fn recopy_collection(
     store.upsert_collection(&e).await?;
     info!(ns = %ns, "collection copied anew");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tiny_collections_skip_the_census() {
+        assert!(small_enough_for_one_partition(0, 1000));
+        assert!(small_enough_for_one_partition(5, 1000));
+        assert!(small_enough_for_one_partition(249, 1000));
+        assert!(!small_enough_for_one_partition(250, 1000));
+        assert!(!small_enough_for_one_partition(i64::MAX, 1000));
+        // An unknown (negative) estimate is planned with the census.
+        assert!(!small_enough_for_one_partition(-1, 1000));
+    }
 }

@@ -5,6 +5,9 @@ use crate::api::StartRequest;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
     pub parallel_collections: usize,
+    /// Collections sized and created on the target at once while the catalog is built (each
+    /// is a few metadata round trips): `CATALOG_WORKERS`, or `parallel_collections` if more.
+    pub catalog_workers: usize,
     pub read_workers: usize,
     pub insert_workers: usize,
     /// Target bytes of one insert batch.
@@ -18,6 +21,8 @@ pub struct Tuning {
 }
 
 pub const MIB: u64 = 1024 * 1024;
+/// Default concurrency of the catalog phase.
+pub const CATALOG_WORKERS: usize = 8;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -26,6 +31,7 @@ impl Default for Tuning {
             .unwrap_or(2);
         Tuning {
             parallel_collections: 2,
+            catalog_workers: CATALOG_WORKERS,
             read_workers: cpus.clamp(2, 8),
             insert_workers: (cpus * 2).clamp(4, 16),
             batch_bytes: 4 * MIB,
@@ -79,6 +85,7 @@ pub fn resolve(req: &StartRequest) -> Result<Tuning, String> {
             t.budget_kib = t.budget_kib.max((b * 3 / 1024) as u32);
         }
     }
+    t.catalog_workers = t.catalog_workers.max(t.parallel_collections);
     if let Some(r) = &req.replication {
         w("replication.workers", r.workers, &mut t.repl_workers)?;
         if let Some(b) = r.bulk_ops {

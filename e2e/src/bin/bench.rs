@@ -2,28 +2,35 @@
 //! baselines measured in the same run on the same machine. See `docs/benchmarks.md`.
 //!
 //! ```sh
-//! cargo run -p mongoferry-e2e --release --bin bench -- [--quick] [--out DIR] [--only LIST]
+//! cargo run -p mongoferry-e2e --release --bin bench -- [--quick] [--out DIR] [--only LIST] [--collections N]
 //! ```
 //!
 //! It starts its own SecantusDB servers (a fresh target per measurement), builds the worker
 //! in release (or runs `MONGOFERRY_BIN`), and writes `bench.json` and `bench.md` to `--out`
-//! (default `target/bench`). Nothing is asserted: benchmarks measure.
+//! (default `target/bench`, `target/bench-quick` with `--quick`), and ends with `summary:`
+//! lines. The operator section starts the project's test control plane (full runs).
+//! Nothing is asserted: benchmarks measure.
 
 use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
+use mongoferry_e2e::controlplane::ControlPlane;
 use mongoferry_e2e::servers::{MongoServer, ServerOptions, SECANTUS_RS_VERSION};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use mongoferry_e2e::workload::{
-    seed_dataset, IdType, SeedSpec, SizeDistribution, Workload, WorkloadConfig, WorkloadStats,
+    generate_document, seed_dataset, IdType, SeedSpec, SizeDistribution, Workload, WorkloadConfig,
+    WorkloadStats,
 };
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -31,18 +38,17 @@ type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const MIB: u64 = 1 << 20;
 /// The engine's default insert batch (`clone.batchBytes`); the baselines use it too.
 const BATCH_BYTES: u64 = 4 * MIB;
-/// Workloads running side by side to generate the apply load (each is sequential and does
-/// about 100 operations per second on a busy 2-core machine): one per 100 ops/s, 4 to 24;
-/// unthrottled: 16.
-fn generators(rate: Option<u32>) -> u32 {
-    rate.map_or(16, |r| (r / 100).clamp(4, 24))
-}
+/// Seeded workload generators of the mixed apply row (each is sequential: one write per
+/// request).
+const MIXED_GENERATORS: u32 = 16;
 const SECTIONS: &[&str] = &["copy", "apply", "memory", "scale", "operator"];
 
 struct Opts {
     quick: bool,
     out: PathBuf,
     only: Vec<String>,
+    /// Overrides the number of collections of the Scale section.
+    collections: Option<usize>,
 }
 
 /// Sizes of one run (`--quick` or full).
@@ -81,7 +87,7 @@ impl Sizes {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out DIR] [--only {}]",
+        "usage: bench [--quick] [--out DIR] [--only {}] [--collections N]",
         SECTIONS.join(",")
     );
     std::process::exit(2)
@@ -91,14 +97,20 @@ fn parse_args() -> Opts {
     let root = repo_root();
     let mut o = Opts {
         quick: false,
-        out: root.join("target/bench"),
+        out: PathBuf::new(),
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        collections: None,
     };
+    let mut out = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
-            "--out" => o.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--collections" => {
+                let n = args.next().unwrap_or_else(|| usage());
+                o.collections = Some(n.parse().unwrap_or_else(|_| usage()));
+            }
             "--only" => {
                 let list = args.next().unwrap_or_else(|| usage());
                 o.only = list.split(',').map(|s| s.trim().to_string()).collect();
@@ -110,6 +122,14 @@ fn parse_args() -> Opts {
             _ => usage(),
         }
     }
+    // Results go under target/ unless told otherwise (CI must not dirty the tree).
+    o.out = out.unwrap_or_else(|| {
+        root.join(if o.quick {
+            "target/bench-quick"
+        } else {
+            "target/bench"
+        })
+    });
     o
 }
 
@@ -438,6 +458,8 @@ async fn ingest_limit(
 struct Report {
     json: serde_json::Map<String, Value>,
     md: String,
+    /// One line per headline figure, printed last (`summary: …`).
+    summary: Vec<String>,
 }
 
 impl Report {
@@ -521,6 +543,14 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
             f2(ratio(mf, lm)),
             mib(run.peak_rss),
         ));
+        rep.summary.push(format!(
+            "copy {name}: mongoferry {} MB/s, naive {} MB/s, limit {} MB/s: x{} naive, x{} limit (load {l0:.1}-{l1:.1})",
+            f1(mf),
+            f1(nv),
+            f1(lm),
+            f2(ratio(mf, nv)),
+            f2(ratio(mf, lm))
+        ));
         rows.push(json!({
             "mix": name, "docBytes": bytes / docs.max(1), "documents": docs, "bytes": bytes,
             "mongoferry": {"seconds": run.secs, "mbPerSec": mf, "docsPerSec": docs as f64 / run.secs,
@@ -546,20 +576,16 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
-/// Run workload generators at `rate` ops/s in total (`None`: as fast as they go).
-fn spawn_load(
-    client: &Client,
-    rate: Option<u32>,
-    seed: u64,
-) -> Vec<mongoferry_e2e::workload::WorkloadHandle> {
-    let n = generators(rate);
-    (0..n)
+/// Run the seeded mixed workload (`WORKLOADS` sequential generators, one write per request:
+/// every kind of update, replaces, deletes, transactions) as fast as the source answers.
+fn spawn_mixed(client: &Client, seed: u64) -> Vec<mongoferry_e2e::workload::WorkloadHandle> {
+    (0..MIXED_GENERATORS)
         .map(|i| {
             Workload::spawn(
                 client.clone(),
                 WorkloadConfig {
-                    seed: seed * 10 + u64::from(i),
-                    ops_per_sec: rate.map(|r| r.div_ceil(n)),
+                    seed: seed * 100 + u64::from(i),
+                    ops_per_sec: None,
                     ddl: false,
                     transactions: true,
                     max_doc_bytes: 16 * 1024,
@@ -571,7 +597,7 @@ fn spawn_load(
         .collect()
 }
 
-async fn stop_load(h: Vec<mongoferry_e2e::workload::WorkloadHandle>) -> (u64, u64, f64) {
+async fn stop_mixed(h: Vec<mongoferry_e2e::workload::WorkloadHandle>) -> (u64, u64, f64) {
     let mut attempted = 0;
     let mut errors = 0;
     let mut elapsed = 0f64;
@@ -582,6 +608,177 @@ async fn stop_load(h: Vec<mongoferry_e2e::workload::WorkloadHandle>) -> (u64, u6
         elapsed = elapsed.max(s.elapsed.as_secs_f64());
     }
     (attempted, errors, elapsed)
+}
+
+/// Writers of the batched load, sharing its rate: one per 250 ops/s, 2 to 8 (8 unthrottled).
+fn batch_writers(rate: Option<u32>) -> usize {
+    rate.map_or(8, |r| (r as usize / 250).clamp(2, 8))
+}
+
+/// The batched load: `writers` concurrent writers sharing `rate` write operations per second
+/// (`None`: as fast as the source takes them). Each request writes `LOAD_BATCH` documents of
+/// one collection: an `insert` of `LOAD_BATCH` new documents, an `update` of `LOAD_BATCH`
+/// distinct documents (`$set` + `$inc`), `LOAD_BATCH` replacements, or a `delete` of
+/// `LOAD_BATCH` documents. One request is thus `LOAD_BATCH` write operations — as the
+/// server's opcounters and `mongostat` count them — and `LOAD_BATCH` change events.
+struct BatchLoad {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    writers: Vec<tokio::task::JoinHandle<LoadCount>>,
+}
+
+#[derive(Default)]
+struct LoadCount {
+    ops: u64,
+    requests: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl BatchLoad {
+    fn spawn(client: &Client, rate: Option<u32>, seed: u64) -> BatchLoad {
+        let n = batch_writers(rate);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (0..n)
+            .map(|t| {
+                let client = client.clone();
+                let stop = stop.clone();
+                let share = rate.map(|r| f64::from(r) / n as f64);
+                tokio::spawn(async move { batch_writer(client, seed, t, share, stop).await })
+            })
+            .collect();
+        BatchLoad {
+            stop,
+            started: Instant::now(),
+            writers,
+        }
+    }
+
+    /// Stop; (write operations, requests, errors, first error, seconds).
+    async fn stop(self) -> (u64, u64, u64, Option<String>, f64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ops, mut requests, mut errors, mut first) = (0, 0, 0, None);
+        for w in self.writers {
+            if let Ok(c) = w.await {
+                ops += c.ops;
+                requests += c.requests;
+                errors += c.errors;
+                first = first.or(c.first_error);
+            }
+        }
+        (
+            ops,
+            requests,
+            errors,
+            first,
+            self.started.elapsed().as_secs_f64(),
+        )
+    }
+}
+
+/// Documents written per request of the batched load.
+const LOAD_BATCH: usize = 10;
+/// The collections the apply section writes (seeded, then migrated).
+const LOAD_COLLS: [(&str, &str); 6] = [
+    ("wl_app", "c0"),
+    ("wl_app", "c1"),
+    ("wl_app", "c2"),
+    ("wl_logs", "c0"),
+    ("wl_logs", "c1"),
+    ("wl_logs", "c2"),
+];
+
+/// A document size like the mixed workload's: mostly small, some of a few KiB, a few 16 KiB.
+fn load_doc_size(rng: &mut StdRng) -> usize {
+    let p: f64 = rng.random();
+    let hi = if p < 0.80 {
+        512
+    } else if p < 0.95 {
+        8 * 1024
+    } else {
+        16 * 1024
+    };
+    rng.random_range(200..=hi)
+}
+
+async fn batch_writer(
+    client: Client,
+    seed: u64,
+    task: usize,
+    share: Option<f64>,
+    stop: Arc<AtomicBool>,
+) -> LoadCount {
+    let mut rng = StdRng::seed_from_u64(seed * 1000 + task as u64);
+    // This writer's live documents per collection: `_id`s no other writer uses.
+    let mut live: Vec<Vec<i64>> = vec![Vec::new(); LOAD_COLLS.len()];
+    let mut next_id: i64 = ((seed as i64 & 0xffff) << 40) + ((task as i64) << 32);
+    let mut n = LoadCount::default();
+    let t0 = Instant::now();
+    loop {
+        if let Some(share) = share {
+            let due = t0 + Duration::from_secs_f64(n.ops as f64 / share);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let c = rng.random_range(0..LOAD_COLLS.len());
+        let (db, coll) = LOAD_COLLS[c];
+        let ids = &mut live[c];
+        let roll = rng.random_range(0..100);
+        let seq = next_id;
+        let cmd = if ids.len() < LOAD_BATCH * 4 || roll < 40 {
+            let docs: Vec<Document> = (0..LOAD_BATCH)
+                .map(|_| {
+                    next_id += 1;
+                    ids.push(next_id);
+                    let size = load_doc_size(&mut rng);
+                    generate_document(&mut rng, Bson::Int64(next_id), next_id, size)
+                })
+                .collect();
+            doc! {"insert": coll, "documents": docs, "ordered": false}
+        } else if roll < 85 {
+            let picked = rand::seq::index::sample(&mut rng, ids.len(), LOAD_BATCH);
+            let stmts: Vec<Document> = picked
+                .iter()
+                .map(|i| {
+                    let id = ids[i];
+                    if roll < 75 {
+                        doc! {"q": {"_id": id}, "u": {"$set": {"status": format!("s{}", seq % 7), "touched": seq}, "$inc": {"n": 1}}}
+                    } else {
+                        let size = load_doc_size(&mut rng);
+                        doc! {"q": {"_id": id}, "u": generate_document(&mut rng, Bson::Int64(id), seq, size)}
+                    }
+                })
+                .collect();
+            doc! {"update": coll, "updates": stmts, "ordered": false}
+        } else {
+            let stmts: Vec<Document> = (0..LOAD_BATCH)
+                .map(|_| {
+                    let i = rng.random_range(0..ids.len());
+                    doc! {"q": {"_id": ids.swap_remove(i)}, "limit": 1}
+                })
+                .collect();
+            doc! {"delete": coll, "deletes": stmts, "ordered": false}
+        };
+        match client.database(db).run_command(cmd).await {
+            Ok(reply) => {
+                n.requests += 1;
+                let failed = reply.get_array("writeErrors").map_or(0, |a| a.len()) as u64;
+                n.errors += failed;
+                n.ops += LOAD_BATCH as u64 - failed.min(LOAD_BATCH as u64);
+            }
+            Err(e) => {
+                n.errors += 1;
+                n.first_error.get_or_insert_with(|| e.to_string());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    n
 }
 
 struct Sampled {
@@ -626,6 +823,13 @@ async fn catch_up(w: &WorkerProcess) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
+/// One row of the apply table: which load ran.
+#[derive(Clone, Copy)]
+enum ApplyLoad {
+    Batched(Option<u32>),
+    Mixed,
+}
+
 async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let src = server().await?;
     let dst = server().await?;
@@ -647,20 +851,49 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     w.wait_caught_up(1.0, Duration::from_secs(600)).await;
 
     let mut md = String::from(
-        "| source load | achieved ops/s | events applied/s | lag p50 | lag p99 | lag max | catch-up after stop | load |\n|---|---|---|---|---|---|---|---|\n",
+        "| source load | writers | achieved ops/s | events applied/s | lag p50 | lag p99 | lag max | catch-up after stop | load |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
-    let mut runs: Vec<Option<u32>> = sz.apply_rates.iter().map(|r| Some(*r)).collect();
-    runs.push(None);
-    for (k, rate) in runs.iter().enumerate() {
-        let label = rate.map_or("max (unthrottled)".to_string(), |r| format!("{r} ops/s"));
+    let mut runs: Vec<ApplyLoad> = sz
+        .apply_rates
+        .iter()
+        .map(|r| ApplyLoad::Batched(Some(*r)))
+        .collect();
+    runs.push(ApplyLoad::Batched(None));
+    runs.push(ApplyLoad::Mixed);
+    for (k, load_kind) in runs.iter().enumerate() {
+        let (label, writers) = match load_kind {
+            ApplyLoad::Batched(Some(r)) => (format!("{r} ops/s"), batch_writers(Some(*r))),
+            ApplyLoad::Batched(None) => ("batched, unthrottled".to_string(), batch_writers(None)),
+            ApplyLoad::Mixed => (
+                "mixed workload, unthrottled (1 write per request)".to_string(),
+                MIXED_GENERATORS as usize,
+            ),
+        };
         eprintln!("bench: apply/{label}");
         let l0 = load();
-        let h = spawn_load(&sc, *rate, 100 + k as u64);
-        // Let the generators load their ids and reach their rate.
+        let seed = 100 + k as u64;
+        enum Running {
+            Batched(BatchLoad),
+            Mixed(Vec<mongoferry_e2e::workload::WorkloadHandle>),
+        }
+        let running = match load_kind {
+            ApplyLoad::Batched(rate) => Running::Batched(BatchLoad::spawn(&sc, *rate, seed)),
+            ApplyLoad::Mixed => Running::Mixed(spawn_mixed(&sc, seed)),
+        };
+        // Let the generators reach their rate.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let s = sample(&w, sz.apply_window).await;
-        let (ops, errors, elapsed) = stop_load(h).await;
+        let (ops, errors, elapsed, first_error) = match running {
+            Running::Batched(b) => {
+                let (ops, _, errors, first, secs) = b.stop().await;
+                (ops, errors, secs, first)
+            }
+            Running::Mixed(h) => {
+                let (ops, errors, secs) = stop_mixed(h).await;
+                (ops, errors, secs, None)
+            }
+        };
         let cu = catch_up(&w).await;
         let l1 = load();
         let achieved = ops as f64 / elapsed.max(0.001);
@@ -668,16 +901,24 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
         let (p50, p99) = (percentile(&s.lags, 50.0), percentile(&s.lags, 99.0));
         let max = s.lags.iter().cloned().fold(0f64, f64::max);
         md.push_str(&format!(
-            "| {label} | {achieved:.0} | {ev:.0} | {} s | **{} s** | {} s | {} s | {l0:.1}–{l1:.1} |\n",
+            "| {label} | {writers} | {achieved:.0} | {ev:.0} | {} s | **{} s** | {} s | {} s | {l0:.1}–{l1:.1} |\n",
             f1(p50),
             f1(p99),
             f1(max),
             f1(cu)
         ));
+        rep.summary.push(format!(
+            "apply {label}: achieved {achieved:.0} ops/s, applied {ev:.0} events/s, lag p50 {} s p99 {} s (load {l0:.1}-{l1:.1})",
+            f1(p50),
+            f1(p99)
+        ));
         rows.push(json!({
-            "targetOpsPerSec": rate, "achievedOpsPerSec": achieved, "workloadErrors": errors,
+            "load": match load_kind { ApplyLoad::Batched(_) => "batched", ApplyLoad::Mixed => "mixed" },
+            "targetOpsPerSec": match load_kind { ApplyLoad::Batched(r) => json!(r), ApplyLoad::Mixed => Value::Null },
+            "writers": writers, "achievedOpsPerSec": achieved, "workloadErrors": errors,
+            "firstWorkloadError": first_error,
             "eventsAppliedPerSec": ev, "lagP50": p50, "lagP99": p99, "lagMax": max,
-            "samples": s.lags.len(), "catchUpSeconds": cu, "load": [l0, l1],
+            "samples": s.lags.len(), "catchUpSeconds": cu, "loadAverage": [l0, l1],
         }));
     }
 
@@ -688,9 +929,9 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
         return Err(format!("pause refused: {:?}", a.body).into());
     }
     w.wait_state("paused", Duration::from_secs(120)).await;
-    let h = spawn_load(&sc, None, 999);
+    let b = BatchLoad::spawn(&sc, None, 999);
     tokio::time::sleep(sz.apply_window).await;
-    let (ops, _, _) = stop_load(h).await;
+    let (ops, _, _, _, _) = b.stop().await;
     let l0 = load();
     let a0 = w.status().await["eventsApplied"].as_u64().unwrap_or(0);
     let t0 = Instant::now();
@@ -725,22 +966,28 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let l1 = load();
     let rate = drained as f64 / secs;
     md.push_str(&format!(
-        "\n**Maximum apply rate** (backlog of {drained} events from {ops} operations built while paused, \
+        "\n**Maximum apply rate** (backlog of {drained} events from {ops} write operations of the batched load, built while paused, \
          drained after resume): **{rate:.0} events/s** on average (resume → caught up in {secs:.1} s), \
          best 1-s window {best_1s:.0} events/s; load {l0:.1}–{l1:.1}.\n"
     ));
+    rep.summary.push(format!(
+        "apply drain: {drained} events in {secs:.1} s = {rate:.0} events/s (best 1 s {best_1s:.0}) (load {l0:.1}-{l1:.1})"
+    ));
     md.push_str(&format!(
-        "\nLoad: seeded workload generators on 6 collections (inserts, updates of every kind, \
-         replaces, deletes, transactions; documents 200 B – 16 KiB), one per 100 ops/s (4 to 24; 16 \
-         unthrottled), sharing the rate; \
-         {}-s windows sampled every 250 ms. An operation can make several events (insertMany, \
-         transactions, updateMany). Lag is the source's cluster time minus the applied op time: \
-         1-second resolution.\n",
+        "\nRate rows and the drain: the **batched load** — {} writers (one per 250 ops/s, 2 to 8; 8 unthrottled) \
+         sharing the rate, each request writing {LOAD_BATCH} documents of one of 6 collections: an insert of \
+         {LOAD_BATCH} new documents (40%), an update of {LOAD_BATCH} distinct documents ($set + $inc, 35%), \
+         {LOAD_BATCH} replacements (10%) or a delete of {LOAD_BATCH} documents (15%); documents 200 B – 16 KiB. \
+         **ops = write operations as the server's opcounters and mongostat count them** (one per document \
+         written); each is one change event. Mixed row: {MIXED_GENERATORS} seeded workload generators, one \
+         write per request (inserts, every kind of update, replaces, deletes, transactions). {}-s windows \
+         sampled every 250 ms. Lag is the source's cluster time minus the applied op time: 1-second resolution.\n",
+        batch_writers(Some(2000)),
         sz.apply_window.as_secs()
     ));
     rows.push(
         json!({"drain": {"events": drained, "operations": ops, "seconds": secs,
-        "eventsPerSec": rate, "best1sEventsPerSec": best_1s, "load": [l0, l1]}}),
+        "eventsPerSec": rate, "best1sEventsPerSec": best_1s, "loadAverage": [l0, l1]}}),
     );
     rep.section("Apply (replication)", &md);
     rep.json.insert("apply".into(), Value::Array(rows));
@@ -773,6 +1020,12 @@ async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
             run.secs,
             f1(mb(seeded) / run.secs),
             s_gb,
+            mib(run.peak_rss)
+        ));
+        rep.summary.push(format!(
+            "memory {}: copy {:.1} s, worker peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
+            size_label(seeded),
+            run.secs,
             mib(run.peak_rss)
         ));
         rows.push(
@@ -848,6 +1101,13 @@ async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res
         ));
         lin = json!({"sizes": [per_gb[0].0, per_gb[1].0], "secondsPerGb": [per_gb[0].1, per_gb[1].1], "ratio": r});
     }
+    rep.summary.push(format!(
+        "scale {n} collections: {:.1} s, catalog {:.1} s, longest stall after it {:.1} s, peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
+        run.secs,
+        run.first_done_secs,
+        run.max_gap_secs,
+        mib(run.peak_rss)
+    ));
     rep.section("Scale", &md);
     rep.json.insert(
         "scale".into(),
@@ -858,70 +1118,254 @@ async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res
     Ok(())
 }
 
-/// `kubectl patch desiredState` → state change, p50/p95 over 20 patches, on an existing
-/// MigrationJob named by `MONGOFERRY_BENCH_MIGRATIONJOB` (`namespace/name`, running).
-fn bench_operator(rep: &mut Report) {
-    let r = operator_latencies();
+/// `kubectl patch desiredState` (paused ⇄ running) → `.status.state`, p50/p95 over 20 patches:
+/// on the MigrationJob named by `MONGOFERRY_BENCH_MIGRATIONJOB` (`namespace/name`, running, in
+/// the cluster of `KUBECONFIG`), else — in full runs — on one this run creates on the
+/// project's test control plane (kube-apiserver + etcd + controllers + pod runner, built from
+/// Go modules by `e2e/scripts/controlplane.sh`), with the operator and its worker pod running
+/// the release binary.
+async fn bench_operator(quick: bool, bin: &Path, rep: &mut Report) {
+    let l0 = load();
+    let r: Res<(Vec<(String, f64)>, String)> = match std::env::var("MONGOFERRY_BENCH_MIGRATIONJOB")
+    {
+        Ok(mj) => tokio::task::spawn_blocking(move || {
+            let (ns, name) = mj
+                .split_once('/')
+                .ok_or("MONGOFERRY_BENCH_MIGRATIONJOB must be namespace/name")?;
+            let worker_url = std::env::var("MONGOFERRY_BENCH_WORKER_URL").ok();
+            let v = patch_latencies(None, ns, name, worker_url.as_deref())?;
+            Ok((v, format!("MigrationJob {mj} of the cluster in KUBECONFIG")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("operator measurement panicked: {e}").into())),
+        Err(_) if quick => Err(
+            "--quick starts no control plane (where cpctl is not built yet, its first build takes ~15 min of CPU); the full run measures it"
+                .into(),
+        ),
+        Err(_) => operator_on_test_control_plane(bin).await,
+    };
+    let l1 = load();
     let md = match &r {
-        Ok(v) => {
-            let (p50, p95) = (percentile(v, 50.0), percentile(v, 95.0));
+        Ok((v, what)) => {
+            let all: Vec<f64> = v.iter().map(|(_, t)| *t).collect();
+            let of = |want: &str| -> Vec<f64> {
+                v.iter()
+                    .filter(|(w, _)| w == want)
+                    .map(|(_, t)| *t)
+                    .collect()
+            };
+            let (p50, p95) = (percentile(&all, 50.0), percentile(&all, 95.0));
+            let (pause, resume) = (of("paused"), of("running"));
             rep.json.insert(
                 "operator".into(),
-                json!({"patches": v.len(), "p50Seconds": p50, "p95Seconds": p95, "samples": v}),
+                json!({"patches": v.len(), "p50Seconds": p50, "p95Seconds": p95,
+                    "pause": {"p50Seconds": percentile(&pause, 50.0), "p95Seconds": percentile(&pause, 95.0)},
+                    "resume": {"p50Seconds": percentile(&resume, 50.0), "p95Seconds": percentile(&resume, 95.0)},
+                    "samples": v.iter().map(|(w, t)| json!({"desired": w, "seconds": t})).collect::<Vec<_>>(),
+                    "on": what, "loadAverage": [l0, l1]}),
             );
+            rep.summary.push(format!(
+                "operator patch-to-state: p50 {p50:.2} s, p95 {p95:.2} s over {} patches (load {l0:.1}-{l1:.1})",
+                v.len()
+            ));
             format!(
-                "`kubectl patch desiredState` (paused ⇄ running) to the state change, over {} patches: \
-                 **p50 {:.2} s, p95 {:.2} s**.\n",
+                "| patches | p50 | p95 | pause p50 / p95 | resume p50 / p95 | max | load |\n|---|---|---|---|---|---|---|\n\
+                 | {} | **{p50:.2} s** | **{p95:.2} s** | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {:.2} s | {l0:.1}–{l1:.1} |\n\n\
+                 `kubectl patch mj … --type merge -p '{{\"spec\":{{\"desiredState\":…}}}}'` (paused ⇄ running, alternating) \
+                 until `kubectl get mj -w` shows `.status.state` equal to the desired state: the apiserver, the operator's \
+                 watch and reconcile, its call to the worker (`/pause`: drain, flush, checkpoint; `/resume`), its status \
+                 update, and the watch back. On: {what}.\n",
                 v.len(),
-                p50,
-                p95
+                percentile(&pause, 50.0),
+                percentile(&pause, 95.0),
+                percentile(&resume, 50.0),
+                percentile(&resume, 95.0),
+                all.iter().cloned().fold(0f64, f64::max),
             )
         }
         Err(why) => {
             rep.json
                 .insert("operator".into(), json!({"notMeasured": why.to_string()}));
+            rep.summary
+                .push(format!("operator patch-to-state: not measured: {why}"));
             format!("not measured: {why}\n")
         }
     };
     rep.section("Operator", &md);
 }
 
-fn operator_latencies() -> Res<Vec<f64>> {
-    let mj = std::env::var("MONGOFERRY_BENCH_MIGRATIONJOB").map_err(|_| {
-        "set MONGOFERRY_BENCH_MIGRATIONJOB=namespace/name (a running MigrationJob) and KUBECONFIG \
-         to measure; the operator is not part of this run"
-    })?;
-    let (ns, name) = mj
-        .split_once('/')
-        .ok_or("MONGOFERRY_BENCH_MIGRATIONJOB must be namespace/name")?;
-    if sh("kubectl", &["version", "--client"]).is_empty() {
-        return Err("kubectl not found".into());
+/// The operator (`mongoferry operator`) as a local process; killed on drop.
+struct OperatorProcess(std::process::Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let state = || {
-        sh(
-            "kubectl",
-            &[
-                "get",
-                "mj",
-                name,
-                "-n",
-                ns,
-                "-o",
-                "jsonpath={.status.state}",
-            ],
+}
+
+/// Start the test control plane, the operator and a MigrationJob between two fresh SecantusDB
+/// servers; wait until it replicates; measure; stop everything.
+async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, String)> {
+    eprintln!("bench: operator: starting the test control plane (e2e/scripts/controlplane.sh)");
+    let t = Instant::now();
+    let b = bin.to_path_buf();
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&b)).await??;
+    eprintln!(
+        "bench: operator: control plane up in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let kc = cp.kubeconfig.clone();
+    let crd = repo_root().join("crds/mongoferry.io_migrationjobs.yaml");
+    kubectl(Some(&kc), &["apply", "-f", &crd.display().to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kubectl(
+        Some(&kc),
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/migrationjobs.mongoferry.io",
+            "--timeout=10s",
+        ],
+    )
+    .is_err()
+    {
+        if Instant::now() > deadline {
+            return Err("the MigrationJob CRD was not established in 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let src = server().await?;
+    let dst = server().await?;
+    let mut spec = SeedSpec::new("shop", "orders", 2_000);
+    spec.batch_size = 500;
+    seed_dataset(&src.client(), &spec).await?;
+    let port = mongoferry_e2e::servers::free_port()?;
+    let log = std::fs::File::create(cp.state_dir.join("operator-bench.log"))?;
+    let _op = OperatorProcess(
+        Command::new(bin)
+            .args([
+                "operator",
+                "--worker-image",
+                "mongoferry:dev",
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+                "--identity",
+                "bench",
+                "--lease-namespace",
+                "default",
+            ])
+            .env("KUBECONFIG", &kc)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?,
+    );
+    let job = format!(
+        "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: bench\n  namespace: default\nspec:\n  desiredState: running\n  source:\n    uri: mongodb://{}/\n  target:\n    uri: mongodb://{}/\n  namespaces:\n    include: ['shop.*']\n",
+        src.host(),
+        dst.host()
+    );
+    let path = cp.state_dir.join("bench-job.yaml");
+    std::fs::write(&path, job)?;
+    kubectl(Some(&kc), &["apply", "-f", &path.display().to_string()])?;
+    let t = Instant::now();
+    loop {
+        let j: Value = kubectl(Some(&kc), &["get", "mj", "bench", "-o", "json"])
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null);
+        if j["status"]["state"] == "running" && j["status"]["phase"] == "replicating" {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "the MigrationJob did not reach running/replicating in 300 s: {}",
+                j["status"]
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "bench: operator: MigrationJob replicating after {:.0} s; patching",
+        t.elapsed().as_secs_f64()
+    );
+    // A light write load: the migration is live while it is paused and resumed.
+    let wl = Workload::spawn(
+        src.client(),
+        WorkloadConfig {
+            seed: 7,
+            databases: vec!["shop".into()],
+            ops_per_sec: Some(20),
+            ..Default::default()
+        },
+    );
+    let kc2 = kc.clone();
+    let r =
+        tokio::task::spawn_blocking(move || patch_latencies(Some(&kc2), "default", "bench", None))
+            .await
+            .unwrap_or_else(|e| Err(format!("operator measurement panicked: {e}").into()));
+    wl.stop().await;
+    let _ = kubectl(Some(&kc), &["delete", "mj", "bench", "--wait=false"]);
+    drop(cp);
+    Ok((
+        r?,
+        "a MigrationJob created by this run on the test control plane (kube-apiserver 1.33, etcd, \
+         pod runner; e2e/scripts/controlplane.sh), operator and worker pod running the release binary, \
+         SecantusDB source and target, 20 ops/s of writes"
+            .to_string(),
+    ))
+}
+
+/// `kubectl` with `KUBECONFIG` when given; its stdout, or its stderr as the error.
+fn kubectl(kubeconfig: Option<&Path>, args: &[&str]) -> Res<String> {
+    let mut c = Command::new("kubectl");
+    c.args(args);
+    if let Some(k) = kubeconfig {
+        c.env("KUBECONFIG", k);
+    }
+    let out = c.output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
         )
-    };
-    let first = state();
-    if first != "running" {
-        return Err(format!("MigrationJob {mj} is not running (state {first:?})").into());
+        .into())
     }
-    // The worker's own API when reachable, else the state the operator reports.
-    let worker_url = std::env::var("MONGOFERRY_BENCH_WORKER_URL").ok();
+}
+
+/// 20 patches alternating paused/running; (desired state, seconds to see it) each.
+fn patch_latencies(
+    kubeconfig: Option<&Path>,
+    ns: &str,
+    name: &str,
+    worker_url: Option<&str>,
+) -> Res<Vec<(String, f64)>> {
+    let first = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "mj",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.state}",
+        ],
+    )?;
+    if first != "running" {
+        return Err(format!("MigrationJob {ns}/{name} is not running (state {first:?})").into());
+    }
     let mut out = Vec::new();
     for i in 0..20 {
         let want = if i % 2 == 0 { "paused" } else { "running" };
         // Watch before patching, so the change is seen as soon as the apiserver sends it.
-        let mut watch = Command::new("kubectl")
+        let mut watch = Command::new("kubectl");
+        watch
             .args([
                 "get",
                 "mj",
@@ -933,8 +1377,11 @@ fn operator_latencies() -> Res<Vec<f64>> {
                 "jsonpath={.status.state}{\"\\n\"}",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+            .stderr(Stdio::null());
+        if let Some(k) = kubeconfig {
+            watch.env("KUBECONFIG", k);
+        }
+        let mut watch = watch.spawn()?;
         let stdout = watch.stdout.take().ok_or("kubectl watch without stdout")?;
         let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
         std::thread::spawn(move || {
@@ -949,17 +1396,17 @@ fn operator_latencies() -> Res<Vec<f64>> {
         let _ = rx.recv_timeout(Duration::from_secs(10));
         let t0 = Instant::now();
         let patch = format!("{{\"spec\":{{\"desiredState\":\"{want}\"}}}}");
-        let st = Command::new("kubectl")
-            .args([
+        if let Err(e) = kubectl(
+            kubeconfig,
+            &[
                 "patch", "mj", name, "-n", ns, "--type", "merge", "-p", &patch,
-            ])
-            .stdout(Stdio::null())
-            .status()?;
-        if !st.success() {
+            ],
+        ) {
             let _ = watch.kill();
-            return Err("kubectl patch failed".into());
+            let _ = watch.wait();
+            return Err(e);
         }
-        let seen = match &worker_url {
+        let seen = match worker_url {
             Some(url) => poll_worker(url, want, t0),
             None => loop {
                 match rx.recv_timeout(Duration::from_secs(120)) {
@@ -972,7 +1419,7 @@ fn operator_latencies() -> Res<Vec<f64>> {
         let _ = watch.kill();
         let _ = watch.wait();
         let t = seen.ok_or(format!("state {want} not reached in 120 s"))?;
-        out.push((t - t0).as_secs_f64());
+        out.push((want.to_string(), (t - t0).as_secs_f64()));
     }
     Ok(out)
 }
@@ -995,7 +1442,10 @@ fn poll_worker(url: &str, want: &str, t0: Instant) -> Option<Instant> {
 // ---------------------------------------------------------------------------------------------
 
 async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
-    let sz = Sizes::new(opts.quick);
+    let mut sz = Sizes::new(opts.quick);
+    if let Some(n) = opts.collections {
+        sz.many_collections = n;
+    }
     let started = Instant::now();
     let root = repo_root();
     let machine = json!({
@@ -1012,6 +1462,9 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
         "commit": sh("git", &["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"]),
         "server": format!("secantusd-rs {SECANTUS_RS_VERSION}"),
         "rustc": sh("rustc", &["-V"]),
+        // A debug worker (e.g. CI's smoke run) is several times slower than a release one.
+        "workerBuild": if bin.components().any(|c| c.as_os_str() == "debug") { "debug" } else { "release" },
+        "benchBuild": if cfg!(debug_assertions) { "debug" } else { "release" },
     });
     let date = sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let mut rep = Report::default();
@@ -1040,11 +1493,11 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
         }
     }
     if on("operator") {
-        bench_operator(&mut rep);
+        bench_operator(opts.quick, &bin, &mut rep).await;
     }
     let total = started.elapsed().as_secs_f64();
     let header = format!(
-        "## Benchmark results ({mode})\n\n- date: {date}\n- machine: {} CPUs ({}), {:.1} GiB memory, kernel {}; load average at start {}, at end {}\n- versions: {} (commit {}), {}, {}\n- settings: engine defaults (no tuning in `/start`); copy {} per mix in {} collections; apply windows {} s; memory {} and {}; {} collections; total run {:.0} s\n",
+        "## Benchmark results ({mode})\n\n- date: {date}\n- machine: {} CPUs ({}), {:.1} GiB memory, kernel {}; load average at start {}, at end {}\n- versions: {} (commit {}, {} build), {}, {}\n- settings: engine defaults (no tuning in `/start`); copy {} per mix in {} collections; apply windows {} s; memory {} and {}; {} collections; total run {:.0} s\n",
         machine["nproc"],
         machine["cpu"].as_str().unwrap_or("?"),
         mem_total_gib(),
@@ -1053,6 +1506,7 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
         sh("cat", &["/proc/loadavg"]),
         versions["mongoferry"].as_str().unwrap_or("?"),
         versions["commit"].as_str().unwrap_or("?"),
+        versions["workerBuild"].as_str().unwrap_or("?"),
         versions["server"].as_str().unwrap_or("?"),
         versions["rustc"].as_str().unwrap_or("?"),
         size_label(sz.copy_bytes),
@@ -1079,6 +1533,8 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
     out.insert("versions".into(), versions);
     out.insert("totalSeconds".into(), json!(total));
     out.insert("failures".into(), json!(failures));
+    out.insert("summary".into(), json!(rep.summary));
+    let rep_summary = rep.summary;
     out.extend(rep.json);
     std::fs::create_dir_all(&opts.out)?;
     std::fs::write(
@@ -1086,6 +1542,9 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
         serde_json::to_string_pretty(&Value::Object(out))?,
     )?;
     std::fs::write(opts.out.join("bench.md"), &md)?;
+    for l in &rep_summary {
+        println!("summary: {l}");
+    }
     eprintln!(
         "bench: wrote {} and {} ({total:.0} s)",
         opts.out.join("bench.json").display(),
