@@ -255,6 +255,20 @@ async fn server() -> Res<MongoServer> {
     Ok(MongoServer::start(ServerOptions::rust()).await?)
 }
 
+/// Entries of a source server's oplog: loading the copy sets (268k documents in the small mix)
+/// fills the server's default 100,000 entries in seconds, and the worker's preflight rightly
+/// refuses a copy the oplog window would not cover. Sized as docs/runbook.md asks.
+const SOURCE_OPLOG_ENTRIES: u64 = 5_000_000;
+
+/// A source server: its oplog sized for the largest load of the run.
+async fn source_server() -> Res<MongoServer> {
+    Ok(MongoServer::start(ServerOptions {
+        oplog_max_entries: Some(SOURCE_OPLOG_ENTRIES),
+        ..ServerOptions::rust()
+    })
+    .await?)
+}
+
 async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
     WorkerProcess::start(WorkerOptions {
         source: src.uri(),
@@ -263,6 +277,15 @@ async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
         ..Default::default()
     })
     .await
+}
+
+/// `POST /start`; a refusal (e.g. by the preflight) fails the section with its answer.
+async fn start(w: &WorkerProcess, body: Value) -> Res<()> {
+    let a = w.post("/start", body).await;
+    if a.code != 200 {
+        return Err(format!("POST /start answered {}: {}", a.code, a.body).into());
+    }
+    Ok(())
 }
 
 /// Seed `colls` collections of `db` with `bytes` in total of documents of about `doc_bytes`.
@@ -301,7 +324,10 @@ async fn seed_db(
 
 /// What one worker copy measured.
 struct CopyRun {
+    /// `POST /start` answered (the worker's preflight) to `cloneCompleted`.
     secs: f64,
+    /// `POST /start` until it answered: the preflight the worker runs before it accepts a start.
+    preflight_secs: f64,
     docs: u64,
     bytes: u64,
     peak_rss: u64,
@@ -311,12 +337,14 @@ struct CopyRun {
     max_gap_secs: f64,
 }
 
-/// Copy `include` with a fresh worker; time from `POST /start` to `cloneCompleted`.
+/// Copy `include` with a fresh worker; time from the answer to `POST /start` (after the
+/// worker's preflight, timed apart) to `cloneCompleted`.
 async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -> Res<CopyRun> {
     let w = worker(src, dst).await;
+    let p0 = Instant::now();
+    start(&w, json!({ "includeNamespaces": include })).await?;
+    let preflight_secs = p0.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    w.start_migration(json!({ "includeNamespaces": include }))
-        .await;
     let mut last_done = 0u64;
     let mut last_change: Option<Instant> = None;
     let mut first_done = None;
@@ -352,6 +380,7 @@ async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -
     let secs = t0.elapsed().as_secs_f64();
     Ok(CopyRun {
         secs,
+        preflight_secs,
         docs: st["initialSync"]["clonedDocuments"].as_u64().unwrap_or(0),
         bytes: st["initialSync"]["clonedSizeBytes"].as_u64().unwrap_or(0),
         peak_rss: w.peak_rss(),
@@ -490,7 +519,7 @@ fn f2(v: f64) -> String {
 
 async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let mixes: [(&str, usize); 3] = [("small", 500), ("regular", 5_000), ("big", 100_000)];
-    let src = server().await?;
+    let src = source_server().await?;
     let sc = src.client();
     let colls = collections(sz.copy_collections);
     let cpus = std::thread::available_parallelism()
@@ -499,7 +528,7 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let insert_workers = (cpus * 2).clamp(4, 16);
     let mut rows = Vec::new();
     let mut md = String::from(
-        "| mix | avg doc | data | docs | mongoferry MB/s | mongoferry docs/s | naive MB/s | limit MB/s | ×naive | ×limit | worker peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mix | avg doc | data | docs | mongoferry MB/s | mongoferry docs/s | naive MB/s | limit MB/s | ×naive | ×limit | preflight | worker peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, (name, size)) in mixes.iter().enumerate() {
         let db = format!("bench_{name}");
@@ -532,7 +561,7 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
         let l1 = load();
         let (mf, nv, lm) = (mb(bytes) / run.secs, mb(bytes) / naive, mb(bytes) / limit);
         md.push_str(&format!(
-            "| {name} | {} B | {} | {docs} | **{}** | {:.0} | {} | {} | **{}** | **{}** | {:.0} MiB | {l0:.1}–{l1:.1} |\n",
+            "| {name} | {} B | {} | {docs} | **{}** | {:.0} | {} | {} | **{}** | **{}** | {:.1} s | {:.0} MiB | {l0:.1}–{l1:.1} |\n",
             bytes / docs.max(1),
             size_label(bytes),
             f1(mf),
@@ -541,20 +570,22 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
             f1(lm),
             f2(ratio(mf, nv)),
             f2(ratio(mf, lm)),
+            run.preflight_secs,
             mib(run.peak_rss),
         ));
         rep.summary.push(format!(
-            "copy {name}: mongoferry {} MB/s, naive {} MB/s, limit {} MB/s: x{} naive, x{} limit (load {l0:.1}-{l1:.1})",
+            "copy {name}: mongoferry {} MB/s, naive {} MB/s, limit {} MB/s: x{} naive, x{} limit; preflight {:.1} s apart (load {l0:.1}-{l1:.1})",
             f1(mf),
             f1(nv),
             f1(lm),
             f2(ratio(mf, nv)),
-            f2(ratio(mf, lm))
+            f2(ratio(mf, lm)),
+            run.preflight_secs
         ));
         rows.push(json!({
             "mix": name, "docBytes": bytes / docs.max(1), "documents": docs, "bytes": bytes,
             "mongoferry": {"seconds": run.secs, "mbPerSec": mf, "docsPerSec": docs as f64 / run.secs,
-                "peakRssBytes": run.peak_rss},
+                "preflightSeconds": run.preflight_secs, "peakRssBytes": run.peak_rss},
             "naive": {"seconds": naive, "mbPerSec": nv, "docsPerSec": docs as f64 / naive},
             "limit": {"seconds": limit, "mbPerSec": lm, "docsPerSec": docs as f64 / limit,
                 "insertWorkers": insert_workers},
@@ -564,8 +595,9 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
         sc.database(&db).drop().await?;
     }
     md.push_str(&format!(
-        "\nMB = 10⁶ bytes of BSON. mongoferry: `POST /start` to `initialSync.cloneCompleted` (catalog, partitioning, \
-         data, `_id` index, checkpoints), engine defaults. Naive: one cursor per collection feeding `insertMany` \
+        "\nMB = 10⁶ bytes of BSON. mongoferry: the answer to `POST /start` to `initialSync.cloneCompleted` (catalog, partitioning, \
+         data, `_id` index, checkpoints), engine defaults; the preflight the worker runs before it answers `POST /start` \
+         is timed apart (preflight column). Naive: one cursor per collection feeding `insertMany` \
          ({} MiB batches, ordered), collection after collection. Limit: the same documents already in memory, \
          {insert_workers} parallel unordered `insertMany`s of {} MiB. Each on a fresh target server.\n",
         BATCH_BYTES / MIB,
@@ -831,7 +863,7 @@ enum ApplyLoad {
 }
 
 async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
-    let src = server().await?;
+    let src = source_server().await?;
     let dst = server().await?;
     let sc = src.client();
     for (i, db) in ["wl_app", "wl_logs"].iter().enumerate() {
@@ -846,8 +878,7 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
         }
     }
     let w = worker(&src, &dst).await;
-    w.start_migration(json!({"includeNamespaces": ["wl_app.*", "wl_logs.*"]}))
-        .await;
+    start(&w, json!({"includeNamespaces": ["wl_app.*", "wl_logs.*"]})).await?;
     w.wait_caught_up(1.0, Duration::from_secs(600)).await;
 
     let mut md = String::from(
@@ -995,10 +1026,10 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
 }
 
 async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
-    let src = server().await?;
+    let src = source_server().await?;
     let sc = src.client();
     let mut md = String::from(
-        "| data (1 MB documents) | documents | copy time | MB/s | s/GB | worker peak RSS (VmHWM) | load |\n|---|---|---|---|---|---|---|\n",
+        "| data (1 MB documents) | documents | copy time | MB/s | s/GB | preflight | worker peak RSS (VmHWM) | load |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     let mut per_gb = Vec::new();
@@ -1015,11 +1046,12 @@ async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
         let s_gb = run.secs / (seeded as f64 / 1e9);
         per_gb.push((seeded, s_gb));
         md.push_str(&format!(
-            "| {} | {docs} | {:.1} s | {} | {:.1} | **{:.0} MiB** | {l0:.1}–{l1:.1} |\n",
+            "| {} | {docs} | {:.1} s | {} | {:.1} | {:.1} s | **{:.0} MiB** | {l0:.1}–{l1:.1} |\n",
             size_label(seeded),
             run.secs,
             f1(mb(seeded) / run.secs),
             s_gb,
+            run.preflight_secs,
             mib(run.peak_rss)
         ));
         rep.summary.push(format!(
@@ -1029,7 +1061,7 @@ async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
             mib(run.peak_rss)
         ));
         rows.push(
-            json!({"bytes": seeded, "documents": docs, "seconds": run.secs,
+            json!({"bytes": seeded, "documents": docs, "seconds": run.secs, "preflightSeconds": run.preflight_secs,
             "copiedBytes": run.bytes, "peakRssBytes": run.peak_rss, "load": [l0, l1]}),
         );
         sc.database(&db).drop().await?;
@@ -1040,7 +1072,7 @@ async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
 }
 
 async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res<()> {
-    let src = server().await?;
+    let src = source_server().await?;
     let sc = src.client();
     let n = sz.many_collections;
     let dbs = 10usize;
@@ -1082,7 +1114,8 @@ async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res
         run.docs
     ));
     md.push_str(&format!(
-        "| … catalog (list, size, create all) until the first collection completed | {:.1} s |\n| … longest time without a collection completing after that | {:.1} s |\n| … worker peak RSS | {:.0} MiB; load {l0:.1}–{l1:.1} |\n",
+        "| … preflight (`POST /start` until it answered; not in the copy time) | {:.1} s |\n| … catalog (list, size, create all) until the first collection completed | {:.1} s |\n| … longest time without a collection completing after that | {:.1} s |\n| … worker peak RSS | {:.0} MiB; load {l0:.1}–{l1:.1} |\n",
+        run.preflight_secs,
         run.first_done_secs,
         run.max_gap_secs,
         mib(run.peak_rss)
@@ -1102,17 +1135,18 @@ async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res
         lin = json!({"sizes": [per_gb[0].0, per_gb[1].0], "secondsPerGb": [per_gb[0].1, per_gb[1].1], "ratio": r});
     }
     rep.summary.push(format!(
-        "scale {n} collections: {:.1} s, catalog {:.1} s, longest stall after it {:.1} s, peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
+        "scale {n} collections: {:.1} s, catalog {:.1} s, longest stall after it {:.1} s, preflight {:.1} s apart, peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
         run.secs,
         run.first_done_secs,
         run.max_gap_secs,
+        run.preflight_secs,
         mib(run.peak_rss)
     ));
     rep.section("Scale", &md);
     rep.json.insert(
         "scale".into(),
         json!({"collections": n, "seconds": run.secs, "catalogSeconds": run.first_done_secs,
-            "maxGapSeconds": run.max_gap_secs, "peakRssBytes": run.peak_rss, "load": [l0, l1],
+            "maxGapSeconds": run.max_gap_secs, "preflightSeconds": run.preflight_secs, "peakRssBytes": run.peak_rss, "load": [l0, l1],
             "timePerGb": lin}),
     );
     Ok(())
@@ -1235,7 +1269,7 @@ async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, 
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let src = server().await?;
+    let src = source_server().await?;
     let dst = server().await?;
     let mut spec = SeedSpec::new("shop", "orders", 2_000);
     spec.batch_size = 500;
