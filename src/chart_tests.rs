@@ -49,13 +49,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 fn documented_metrics() -> BTreeSet<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
-        .expect("docs/metrics.md");
-    doc.lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .filter(|n| n.starts_with("mongoferry_"))
-        .map(str::to_string)
+    crate::test_support::documented_metrics(|n| n.starts_with("mongoferry_"))
+        .into_iter()
         .collect()
 }
 

@@ -14,3 +14,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod chart_tests;
+#[cfg(test)]
+mod test_support;

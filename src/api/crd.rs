@@ -511,40 +511,20 @@ mod tests {
 
     #[test]
     fn checked_in_crd_matches_the_types() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/mongoferry.io_migrationjobs.yaml"
-        );
-        let generated = crd_yaml().expect("crd renders");
-        if std::env::var_os("MONGOFERRY_UPDATE_CRD").is_some() {
-            std::fs::write(path, &generated).expect("write crd");
-        }
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == generated,
-            "crds/mongoferry.io_migrationjobs.yaml is stale: run \
-             `cargo run -- crd > crds/mongoferry.io_migrationjobs.yaml` \
-             (or MONGOFERRY_UPDATE_CRD=1 cargo test crd)"
+        crate::test_support::assert_checked_in(
+            "crds/mongoferry.io_migrationjobs.yaml",
+            &crd_yaml().expect("crd renders"),
+            "cargo run -- crd > crds/mongoferry.io_migrationjobs.yaml",
         );
     }
 
     /// The Helm chart ships the same CRD (Helm installs charts/*/crds/ before templates).
     #[test]
     fn chart_crd_matches_the_types() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml"
-        );
-        let generated = crd_yaml().expect("crd renders");
-        if std::env::var_os("MONGOFERRY_UPDATE_CRD").is_some() {
-            std::fs::write(path, &generated).expect("write chart crd");
-        }
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == generated,
-            "charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml is stale: run \
-             `cargo run -- crd > charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml` \
-             (or MONGOFERRY_UPDATE_CRD=1 cargo test crd)"
+        crate::test_support::assert_checked_in(
+            "charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml",
+            &crd_yaml().expect("crd renders"),
+            "cargo run -- crd > charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml",
         );
     }
 

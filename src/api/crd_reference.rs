@@ -205,17 +205,10 @@ mod tests {
 
     #[test]
     fn checked_in_reference_matches_the_crd() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/crd-reference.md");
-        let generated = markdown().expect("renders");
-        if std::env::var_os("MONGOFERRY_UPDATE_CRD").is_some() {
-            std::fs::write(path, &generated).expect("write reference");
-        }
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == generated,
-            "docs/crd-reference.md is stale: run \
-             `cargo run -- crd --reference > docs/crd-reference.md` \
-             (or MONGOFERRY_UPDATE_CRD=1 cargo test crd)"
+        crate::test_support::assert_checked_in(
+            "docs/crd-reference.md",
+            &markdown().expect("renders"),
+            "cargo run -- crd --reference > docs/crd-reference.md",
         );
     }
 

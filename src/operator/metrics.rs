@@ -320,16 +320,8 @@ mod tests {
     /// Every operator metric is documented in docs/metrics.md, and vice versa.
     #[test]
     fn docs_list_exactly_the_operator_metrics() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
-            .expect("docs/metrics.md");
-        let mut documented: Vec<String> = doc
-            .lines()
-            .filter_map(|l| l.strip_prefix("| `"))
-            .filter_map(|l| l.split('`').next())
-            .filter(|n| n.starts_with("mongoferry_operator_"))
-            .map(str::to_string)
-            .collect();
-        documented.sort();
+        let documented =
+            crate::test_support::documented_metrics(|n| n.starts_with("mongoferry_operator_"));
         let mut exported = Metrics::new().expect("metrics").names();
         exported.sort();
         assert_eq!(documented, exported);
