@@ -482,6 +482,19 @@ impl Store {
         self.upsert_many("partitions", items, what).await
     }
 
+    /// Index the partitions by namespace, for `partitions_of` (a restarted copy reads each
+    /// collection's partitions; without the index every read scans the partitions of every
+    /// collection: quadratic in the number of collections). Idempotent.
+    pub async fn ensure_partition_index(&self) -> Result<()> {
+        self.db
+            .run_command(doc! {"createIndexes": "partitions", "indexes": [
+                {"key": {"ns": 1, "index": 1}, "name": "ns_1_index_1"}
+            ]})
+            .await
+            .on(Side::Target, "indexing copy partitions")?;
+        Ok(())
+    }
+
     pub async fn partitions_of(&self, ns: &str) -> Result<Vec<PartitionEntry>> {
         use futures::TryStreamExt;
         self.partitions()

@@ -58,6 +58,10 @@ pub async fn run(
     if !catalog_done {
         build_catalog(ctx, cp, &filter, tuning).await?;
     }
+    if let Err(e) = ctx.store.ensure_partition_index().await {
+        // Only a restarted copy's speed depends on it.
+        warn!(error = %e, "cannot index the copy partitions; continuing without");
+    }
     let mut pending: Vec<CollectionEntry> = ctx
         .store
         .all_collections()

@@ -175,9 +175,15 @@ fn index_list(desc: &Document) -> Vec<Document> {
 }
 
 /// The operations to apply for a DDL event at `ts`. A rename replayed while catching up
-/// with the initial copy (`ts` before the copy's finish) cannot be replayed as a rename: the
-/// target's source collection only holds what was replayed, while the copy may already hold
-/// the renamed collection in full. Drop the old name and copy the new one anew instead. Pure.
+/// with the initial copy (`ts` up to and including the copy's finish) cannot be replayed as a
+/// rename: the target's source collection only holds what was replayed, while the copy may
+/// already hold the renamed collection in full. Drop the old name and copy the new one anew
+/// instead. Pure.
+///
+/// Up to *and including*: the finish is the source's operation time read after the copy, and
+/// a rename still in progress then already carries its time (SecantusDB takes it when the
+/// rename starts, and the old name reads as gone once the rename ends): a rename at exactly
+/// the finish may have emptied the copy of its old name.
 pub fn during_catch_up(
     op: DdlOp,
     ts: mongodb::bson::Timestamp,
@@ -189,7 +195,7 @@ pub fn during_catch_up(
             coll,
             to_db,
             to_coll,
-        } if copy_finish.is_some_and(|f| ts < f) => vec![
+        } if copy_finish.is_some_and(|f| ts <= f) => vec![
             DdlOp::Drop { db, coll },
             DdlOp::Recopy {
                 db: to_db,
@@ -544,6 +550,8 @@ mod tests {
                 }
             ]
         );
+        // A rename at the copy's finish itself (in progress when the finish was read).
+        assert_eq!(during_catch_up(r.clone(), t(9), Some(t(9))).len(), 2);
         assert_eq!(
             during_catch_up(r.clone(), t(10), Some(t(9))),
             vec![r.clone()]

@@ -157,6 +157,17 @@ fn entry_rate(o: &OplogFacts) -> Option<f64> {
     }
 }
 
+/// The seconds a backwards scan of the newest oplog entries covered: the whole `span` when it
+/// reached an entry older than it, else from its oldest entry read to `now` (op times have a
+/// one-second resolution: at least one second). Pure.
+pub fn scanned_span(now: u32, oldest_seen: u32, crossed: bool, span: u32) -> f64 {
+    if crossed {
+        f64::from(span)
+    } else {
+        f64::from(now.saturating_sub(oldest_seen).clamp(1, span))
+    }
+}
+
 fn human_secs(s: f64) -> String {
     if !s.is_finite() {
         "unlimited".into()
@@ -454,6 +465,18 @@ pub fn summary(checks: &[PreflightCheck]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scanned_span_is_the_window_or_what_the_budget_reached() {
+        // Reached an entry older than the window: every entry of the window was counted.
+        assert_eq!(scanned_span(1_000, 950, true, 60), 60.0);
+        // Budget spent 12 s back.
+        assert_eq!(scanned_span(1_000, 988, false, 60), 12.0);
+        // Budget spent within the current second: one second, never zero.
+        assert_eq!(scanned_span(1_000, 1_000, false, 60), 1.0);
+        // An entry stamped after `now` (clocks read apart).
+        assert_eq!(scanned_span(1_000, 1_001, false, 60), 1.0);
+    }
 
     #[test]
     fn version_rules() {

@@ -1,9 +1,11 @@
 //! The I/O of the preflight: harmless commands on both sides. Nothing here decides.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::debug;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::Hint;
 use mongodb::Client;
 
@@ -444,17 +446,59 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
         facts.max_bytes = max_size.or(created_size).map(|m| m as u64);
     }
     if age > f64::from(RECENT_SPAN) {
-        let since = Timestamp {
-            time: now.saturating_sub(RECENT_SPAN),
-            increment: 0,
-        };
-        facts.recent_entries = oplog
-            .count_documents(doc! {"ts": {"$gte": since}})
-            .max_time(Duration::from_secs(15))
-            .await
-            .ok();
+        if let Some((n, span)) = recent_entries(&oplog, now).await {
+            facts.recent_entries = Some(n);
+            facts.recent_span_seconds = span;
+        }
     }
     Ok(facts)
+}
+
+/// The newest entries the recent-rate scan reads at most, and the longest it reads.
+const RECENT_SCAN_ENTRIES: u64 = 200_000;
+const RECENT_SCAN_TIME: Duration = Duration::from_secs(2);
+
+/// The source's recent writes: the newest oplog entries read backwards (their `ts` only) until
+/// one is older than `RECENT_SPAN` seconds or the scan's budget is spent. Returns the entries
+/// read and the seconds they span. Bounded on purpose: counting the span with a filter reads
+/// every entry of the oplog (the whole oplog, 1 MB documents and all: 50 s for 3 GB), and the
+/// user waits for the preflight before the start is answered.
+async fn recent_entries(oplog: &mongodb::Collection<Document>, now: u32) -> Option<(u64, f64)> {
+    let since = now.saturating_sub(RECENT_SPAN);
+    let t0 = Instant::now();
+    let mut cur = oplog
+        .find(doc! {})
+        .sort(doc! {"$natural": -1})
+        .projection(doc! {"ts": 1, "_id": 0})
+        .batch_size(10_000)
+        .max_time(RECENT_SCAN_TIME * 2)
+        .await
+        .ok()?;
+    let mut n = 0u64;
+    let mut oldest_seen = now;
+    let mut crossed = false;
+    while let Ok(Some(d)) = cur.try_next().await {
+        let Ok(ts) = d.get_timestamp("ts") else {
+            continue;
+        };
+        if ts.time < since {
+            crossed = true;
+            break;
+        }
+        n += 1;
+        oldest_seen = ts.time;
+        if n >= RECENT_SCAN_ENTRIES || t0.elapsed() >= RECENT_SCAN_TIME {
+            break;
+        }
+    }
+    if n == 0 && !crossed {
+        // Nothing read (the cursor failed): no measurement, not a rate of zero.
+        return None;
+    }
+    Some((
+        n,
+        checks::scanned_span(now, oldest_seen, crossed, RECENT_SPAN),
+    ))
 }
 
 /// Create, write, index, modify and drop a scratch collection in the target's `mongoferry`
@@ -590,6 +634,18 @@ async fn metadata(target: &Client) -> Option<MetadataFacts> {
     })
 }
 
+/// Await `f`, logging (debug) how long it took: which part of a slow preflight to blame.
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    let t0 = Instant::now();
+    let out = f.await;
+    debug!(
+        part = what,
+        seconds = t0.elapsed().as_secs_f64(),
+        "preflight: part done"
+    );
+    out
+}
+
 /// Gather every fact. Never fails: what cannot be learned is recorded as such.
 pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
     let (mut src, mut dst) = tokio::join!(reach(source), reach(target));
@@ -609,9 +665,24 @@ pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
         metadata: None,
     };
     if src.reach == Reach::Connected {
-        let sel = list_selection(source, opts, &mut src.probes).await;
-        src.probes.push(probe_change_stream(source).await);
-        match oplog_facts(source, &mut src.probes).await {
+        // The three are independent; at once, since each can take seconds on a large source
+        // (on SecantusDB `collStats` reads the whole collection).
+        let t0 = Instant::now();
+        let mut sel_probes = Vec::new();
+        let mut oplog_probes = Vec::new();
+        let (sel, stream, oplog) = tokio::join!(
+            timed("namespaces", list_selection(source, opts, &mut sel_probes)),
+            timed("change stream", probe_change_stream(source)),
+            timed("oplog", oplog_facts(source, &mut oplog_probes)),
+        );
+        debug!(
+            seconds = t0.elapsed().as_secs_f64(),
+            "preflight: source facts gathered"
+        );
+        src.probes.extend(sel_probes);
+        src.probes.push(stream);
+        src.probes.extend(oplog_probes);
+        match oplog {
             Ok(o) => facts.oplog = Some(o),
             Err(e) => facts.oplog_error = Some(e),
         }
@@ -621,9 +692,13 @@ pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
         facts.unsupported = sel.unsupported;
     }
     if dst.reach == Reach::Connected {
-        dst.probes = target_probes(target, facts.capped).await;
-        facts.occupied = occupied(target, &facts.selected, opts, &mut dst.probes).await;
-        facts.metadata = metadata(target).await;
+        dst.probes = timed("target probes", target_probes(target, facts.capped)).await;
+        facts.occupied = timed(
+            "target namespaces",
+            occupied(target, &facts.selected, opts, &mut dst.probes),
+        )
+        .await;
+        facts.metadata = timed("target metadata", metadata(target)).await;
     }
     facts.source = src;
     facts.target = dst;
