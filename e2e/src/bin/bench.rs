@@ -216,6 +216,55 @@ fn mem_total_gib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) a process has used so far; 0 when unknown.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) end with ')'; utime and stime are
+    // the 14th and 15th fields, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// CPU seconds used by the worker, the source server and the target server.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    worker: f64,
+    source: f64,
+    target: f64,
+}
+
+impl Cpu {
+    fn now(w: &WorkerProcess, src: &MongoServer, dst: &MongoServer) -> Cpu {
+        Cpu {
+            worker: cpu_secs(w.pid()),
+            source: cpu_secs(src.pid()),
+            target: cpu_secs(dst.pid()),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            worker: self.worker - before.worker,
+            source: self.source - before.source,
+            target: self.target - before.target,
+        }
+    }
+
+    fn label(self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            self.worker, self.source, self.target
+        )
+    }
+
+    fn json(self) -> Value {
+        json!({"worker": self.worker, "source": self.source, "target": self.target})
+    }
+}
+
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
@@ -335,6 +384,8 @@ struct CopyRun {
     first_done_secs: f64,
     /// Longest time without a collection completing, after the first.
     max_gap_secs: f64,
+    /// CPU used during the copy (after the preflight).
+    cpu: Cpu,
 }
 
 /// Copy `include` with a fresh worker; time from the answer to `POST /start` (after the
@@ -345,6 +396,7 @@ async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -
     start(&w, json!({ "includeNamespaces": include })).await?;
     let preflight_secs = p0.elapsed().as_secs_f64();
     let t0 = Instant::now();
+    let cpu0 = Cpu::now(&w, src, dst);
     let mut last_done = 0u64;
     let mut last_change: Option<Instant> = None;
     let mut first_done = None;
@@ -378,6 +430,7 @@ async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = Cpu::now(&w, src, dst).since(cpu0);
     Ok(CopyRun {
         secs,
         preflight_secs,
@@ -386,6 +439,7 @@ async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -
         peak_rss: w.peak_rss(),
         first_done_secs: first_done.map(|d| d.as_secs_f64()).unwrap_or(secs),
         max_gap_secs: max_gap,
+        cpu,
     })
 }
 
@@ -528,7 +582,7 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let insert_workers = (cpus * 2).clamp(4, 16);
     let mut rows = Vec::new();
     let mut md = String::from(
-        "| mix | avg doc | data | docs | mongoferry MB/s | mongoferry docs/s | naive MB/s | limit MB/s | ×naive | ×limit | preflight | worker peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mix | avg doc | data | docs | mongoferry MB/s | mongoferry docs/s | naive MB/s | limit MB/s | ×naive | ×limit | preflight | CPU s worker / source / target | worker peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, (name, size)) in mixes.iter().enumerate() {
         let db = format!("bench_{name}");
@@ -561,7 +615,7 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
         let l1 = load();
         let (mf, nv, lm) = (mb(bytes) / run.secs, mb(bytes) / naive, mb(bytes) / limit);
         md.push_str(&format!(
-            "| {name} | {} B | {} | {docs} | **{}** | {:.0} | {} | {} | **{}** | **{}** | {:.1} s | {:.0} MiB | {l0:.1}–{l1:.1} |\n",
+            "| {name} | {} B | {} | {docs} | **{}** | {:.0} | {} | {} | **{}** | **{}** | {:.1} s | {} | {:.0} MiB | {l0:.1}–{l1:.1} |\n",
             bytes / docs.max(1),
             size_label(bytes),
             f1(mf),
@@ -571,6 +625,7 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
             f2(ratio(mf, nv)),
             f2(ratio(mf, lm)),
             run.preflight_secs,
+            run.cpu.label(),
             mib(run.peak_rss),
         ));
         rep.summary.push(format!(
@@ -585,7 +640,8 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
         rows.push(json!({
             "mix": name, "docBytes": bytes / docs.max(1), "documents": docs, "bytes": bytes,
             "mongoferry": {"seconds": run.secs, "mbPerSec": mf, "docsPerSec": docs as f64 / run.secs,
-                "preflightSeconds": run.preflight_secs, "peakRssBytes": run.peak_rss},
+                "preflightSeconds": run.preflight_secs, "peakRssBytes": run.peak_rss,
+                "cpuSeconds": run.cpu.json()},
             "naive": {"seconds": naive, "mbPerSec": nv, "docsPerSec": docs as f64 / naive},
             "limit": {"seconds": limit, "mbPerSec": lm, "docsPerSec": docs as f64 / limit,
                 "insertWorkers": insert_workers},
@@ -597,7 +653,8 @@ async fn bench_copy(sz: &Sizes, rep: &mut Report) -> Res<()> {
     md.push_str(&format!(
         "\nMB = 10⁶ bytes of BSON. mongoferry: the answer to `POST /start` to `initialSync.cloneCompleted` (catalog, partitioning, \
          data, `_id` index, checkpoints), engine defaults; the preflight the worker runs before it answers `POST /start` \
-         is timed apart (preflight column). Naive: one cursor per collection feeding `insertMany` \
+         is timed apart (preflight column). CPU: seconds of CPU (user + system) the worker, the source server and \
+         the target server used during the copy, out of {cpus} cores × its duration. Naive: one cursor per collection feeding `insertMany` \
          ({} MiB batches, ordered), collection after collection. Limit: the same documents already in memory, \
          {insert_workers} parallel unordered `insertMany`s of {} MiB. Each on a fresh target server.\n",
         BATCH_BYTES / MIB,
@@ -966,6 +1023,7 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     let l0 = load();
     let a0 = w.status().await["eventsApplied"].as_u64().unwrap_or(0);
     let t0 = Instant::now();
+    let cpu0 = Cpu::now(&w, &src, &dst);
     let a = w.post("/resume", json!({})).await;
     if a.code != 200 {
         return Err(format!("resume refused: {:?}", a.body).into());
@@ -993,13 +1051,17 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let secs = (end.0 - t0).as_secs_f64();
+    let cpu = Cpu::now(&w, &src, &dst).since(cpu0);
     let drained = end.1 - a0;
     let l1 = load();
     let rate = drained as f64 / secs;
     md.push_str(&format!(
         "\n**Maximum apply rate** (backlog of {drained} events from {ops} write operations of the batched load, built while paused, \
          drained after resume): **{rate:.0} events/s** on average (resume → caught up in {secs:.1} s), \
-         best 1-s window {best_1s:.0} events/s; load {l0:.1}–{l1:.1}.\n"
+         best 1-s window {best_1s:.0} events/s; CPU s worker / source / target {} ({:.0} µs of worker CPU per event); \
+         load {l0:.1}–{l1:.1}.\n",
+        cpu.label(),
+        1e6 * cpu.worker / (drained.max(1) as f64),
     ));
     rep.summary.push(format!(
         "apply drain: {drained} events in {secs:.1} s = {rate:.0} events/s (best 1 s {best_1s:.0}) (load {l0:.1}-{l1:.1})"
@@ -1018,7 +1080,8 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     ));
     rows.push(
         json!({"drain": {"events": drained, "operations": ops, "seconds": secs,
-        "eventsPerSec": rate, "best1sEventsPerSec": best_1s, "loadAverage": [l0, l1]}}),
+        "eventsPerSec": rate, "best1sEventsPerSec": best_1s, "cpuSeconds": cpu.json(),
+        "loadAverage": [l0, l1]}}),
     );
     rep.section("Apply (replication)", &md);
     rep.json.insert("apply".into(), Value::Array(rows));
