@@ -24,6 +24,12 @@ tally_cargo() { # log file
     failed=$((failed + ${f:-0}))
 }
 fail_step() { failed=$((failed + 1)); failures+=("$1"); }
+show_failures() { # log file: the failed tests' names and panic messages (CI keeps only this output)
+    grep -qE '^test result: FAILED' "$1" || return 0
+    echo "  failed tests:"
+    sed -n '/^failures:$/,/^test result:/p' "$1" | grep -E '^    [a-z_0-9:]+$' | sort -u | sed 's/^ */    /'
+    grep -E -A6 "panicked at" "$1" | head -60 | sed 's/^/  | /'
+}
 
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || true
@@ -44,6 +50,7 @@ export MONGOFERRY_BIN="$ROOT/target/debug/mongoferry"
 step "unit tests"
 cargo test --workspace --lib --bins 2>&1 | tee "$LOGS/unit.log" | grep -E '^test result:|FAILED|panicked' || true
 tally_cargo "$LOGS/unit.log"
+show_failures "$LOGS/unit.log"
 
 step "end-to-end suites (real SecantusDB servers)"
 for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
@@ -53,6 +60,7 @@ for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
         >"$LOGS/e2e-$t.log" 2>&1
     grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
     tally_cargo "$LOGS/e2e-$t.log"
+    show_failures "$LOGS/e2e-$t.log"
     if ! grep -q '^test result:' "$LOGS/e2e-$t.log"; then tail -40 "$LOGS/e2e-$t.log"; fail_step "e2e $t did not run"; fi
 done
 

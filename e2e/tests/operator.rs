@@ -214,7 +214,27 @@ async fn wait_job(
     timeout: Duration,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for(what, timeout, || get(cp, "mj", name).filter(|j| f(j))).await
+    let t = Instant::now();
+    loop {
+        let job = get(cp, "mj", name);
+        if let Some(j) = job.as_ref().filter(|j| f(j)) {
+            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
+            return j.clone();
+        }
+        // On a timeout, the job's last status says where it stood (CI keeps only this output).
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; last status of {name}: {}",
+            job.map(|j| j["status"].to_string())
+                .unwrap_or_else(|| "(job not found)".into())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn events_applied(j: &Value) -> u64 {
@@ -259,14 +279,22 @@ async fn lifecycle_pause_resume_finalize_delete() {
     let cp = start_cp();
     let (src, dst) = (server().await, server().await);
     seed(&src.client()).await;
-    let _op = Operator::start(&cp, "op-a", false);
+    let op = Operator::start(&cp, "op-a", false);
     create_secrets(&cp, PASSWORD);
     apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
 
-    wait_for("worker pod running", Duration::from_secs(60), || {
-        get(&cp, "pod", "mig-worker").filter(|p| p["status"]["phase"] == "Running")
-    })
-    .await;
+    let t = Instant::now();
+    while get(&cp, "pod", "mig-worker").is_none_or(|p| p["status"]["phase"] != "Running") {
+        // On a timeout: where the job stood and what the operator said (CI keeps only this).
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no running worker pod after 120 s; job status: {}\noperator log tail:\n{}",
+            get(&cp, "mj", "mig").map_or_else(|| "(no job)".into(), |j| j["status"].to_string()),
+            tail(&op.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("worker pod running: {:.1}s", t.elapsed().as_secs_f64());
     let wl = Workload::spawn(src.client(), workload());
     let j = wait_job(
         &cp,
