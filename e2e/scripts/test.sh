@@ -28,7 +28,8 @@ show_failures() { # log file: the failed tests' names and panic messages (CI kee
     grep -qE '^test result: FAILED' "$1" || return 0
     echo "  failed tests:"
     sed -n '/^failures:$/,/^test result:/p' "$1" | grep -E '^    [a-z_0-9:]+$' | sort -u | sed 's/^ */    /'
-    grep -E -A6 "panicked at" "$1" | head -60 | sed 's/^/  | /'
+    grep -E -A12 "panicked at" "$1" | grep -vE '^ +[0-9]+: |^ +at |^stack backtrace:|^note: ' |
+        head -80 | sed 's/^/  | /'
 }
 
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }

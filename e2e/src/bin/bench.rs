@@ -49,6 +49,8 @@ struct Opts {
     only: Vec<String>,
     /// Overrides the number of collections of the Scale section.
     collections: Option<usize>,
+    /// Overrides the data per mix of the Copy section, MiB.
+    copy_mib: Option<u64>,
 }
 
 /// Sizes of one run (`--quick` or full).
@@ -87,7 +89,7 @@ impl Sizes {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out DIR] [--only {}] [--collections N]",
+        "usage: bench [--quick] [--out DIR] [--only {}] [--collections N] [--copy-mib N]",
         SECTIONS.join(",")
     );
     std::process::exit(2)
@@ -100,6 +102,7 @@ fn parse_args() -> Opts {
         out: PathBuf::new(),
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         collections: None,
+        copy_mib: None,
     };
     let mut out = None;
     let mut args = std::env::args().skip(1);
@@ -110,6 +113,10 @@ fn parse_args() -> Opts {
             "--collections" => {
                 let n = args.next().unwrap_or_else(|| usage());
                 o.collections = Some(n.parse().unwrap_or_else(|_| usage()));
+            }
+            "--copy-mib" => {
+                let n = args.next().unwrap_or_else(|| usage());
+                o.copy_mib = Some(n.parse().unwrap_or_else(|_| usage()));
             }
             "--only" => {
                 let list = args.next().unwrap_or_else(|| usage());
@@ -1540,6 +1547,9 @@ fn poll_worker(url: &str, want: &str, t0: Instant) -> Option<Instant> {
 
 async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
     let mut sz = Sizes::new(opts.quick);
+    if let Some(n) = opts.copy_mib {
+        sz.copy_bytes = n * MIB;
+    }
     if let Some(n) = opts.collections {
         sz.many_collections = n;
     }
