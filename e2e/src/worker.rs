@@ -140,10 +140,28 @@ impl WorkerProcess {
 
     async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
+        let mut port_retries = 0;
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("worker exited at start ({st}):\n{}", self.log());
+                    // `free_port` only finds a port that was free: another process (a client's
+                    // outgoing connection, a server) can take it before the worker binds it.
+                    let log = self.log();
+                    let lost_port = log
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .any(|l| l.contains("cannot listen on") && l.contains("in use"));
+                    if lost_port && port_retries < 5 {
+                        port_retries += 1;
+                        self.child = None;
+                        self.port = crate::servers::free_port().expect("free port");
+                        eprintln!("worker: port taken at start, retrying on {}", self.port);
+                        let reset = self.opts.reset && self.starts == 1;
+                        self.spawn(reset);
+                        continue;
+                    }
+                    panic!("worker exited at start ({st}):\n{log}");
                 }
             }
             let probe = if self.opts.no_wait_ready {

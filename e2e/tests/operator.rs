@@ -42,7 +42,43 @@ struct Operator {
 }
 
 impl Operator {
+    /// Starts the operator; retries on another port when its metrics port was taken between
+    /// `free_port` and the operator's bind (a client's outgoing connection can take it).
     fn start(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
+        for _ in 0..5 {
+            let mut op = Operator::spawn(cp, identity, leader_election);
+            let port = op
+                .metrics
+                .split(':')
+                .nth(2)
+                .and_then(|p| p.split('/').next());
+            let addr = format!("127.0.0.1:{}", port.unwrap_or("0"));
+            let t = Instant::now();
+            loop {
+                if let Ok(Some(st)) = op.child.try_wait() {
+                    let log = op.log();
+                    if log.contains("cannot listen") || log.contains("in use") {
+                        eprintln!("operator {identity}: metrics port taken, retrying");
+                        break;
+                    }
+                    panic!("operator {identity} exited at start ({st}):\n{log}");
+                }
+                let listening = std::net::TcpStream::connect(&addr).is_ok();
+                if listening || t.elapsed() > Duration::from_secs(20) {
+                    // Listening: ours, unless it exits now for having lost the port.
+                    std::thread::sleep(Duration::from_millis(300));
+                    if matches!(op.child.try_wait(), Ok(None)) {
+                        return op;
+                    }
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("operator {identity}: no free metrics port after 5 tries");
+    }
+
+    fn spawn(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
         let port = free_port().expect("port");
         let log = cp.state_dir.join(format!("operator-{identity}.log"));
         let out = std::fs::File::create(&log).expect("log file");
