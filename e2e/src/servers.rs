@@ -259,6 +259,12 @@ pub fn is_available(kind: ServerKind) -> bool {
 }
 
 /// A loopback port that was free a moment ago.
+/// Whether a process's log says it lost the race for the port [`free_port`] found free: another
+/// process (a server, a client's outgoing connection) took it before the process bound it.
+pub fn lost_port_race(log: &str) -> bool {
+    log.contains("in use") || log.contains("AddrInUse")
+}
+
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;
     let port = listener
@@ -366,9 +372,8 @@ impl MongoServer {
                 Err(e) => {
                     server.kill_process();
                     let tail = log_tail(&server.log_path, 4000);
-                    let port_race = tail.contains("in use") || tail.contains("AddrInUse");
                     last_err = Some(e);
-                    if !port_race || server.opts.port.is_some() {
+                    if !lost_port_race(&tail) || server.opts.port.is_some() {
                         break;
                     }
                 }

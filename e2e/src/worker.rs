@@ -41,6 +41,8 @@ pub struct WorkerProcess {
     child: Option<Child>,
     http: reqwest::Client,
     starts: u32,
+    /// Whether the last spawn was asked to reset (a spawn retried on another port keeps it).
+    last_reset: bool,
 }
 
 /// An answer of the API: HTTP status and JSON body.
@@ -66,6 +68,7 @@ impl WorkerProcess {
                 .build()
                 .expect("http client"),
             starts: 0,
+            last_reset: false,
         };
         w.spawn(w.opts.reset);
         w.wait_healthy().await;
@@ -74,6 +77,7 @@ impl WorkerProcess {
 
     fn spawn(&mut self, reset: bool) {
         self.starts += 1;
+        self.last_reset = reset;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,21 +148,15 @@ impl WorkerProcess {
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    // `free_port` only finds a port that was free: another process (a client's
-                    // outgoing connection, a server) can take it before the worker binds it.
                     let log = self.log();
-                    let lost_port = log
-                        .lines()
-                        .rev()
-                        .take(5)
-                        .any(|l| l.contains("cannot listen on") && l.contains("in use"));
-                    if lost_port && port_retries < 5 {
+                    // The log is appended across restarts: only this start's last lines count.
+                    let last: Vec<&str> = log.lines().rev().take(5).collect();
+                    if crate::servers::lost_port_race(&last.join("\n")) && port_retries < 5 {
                         port_retries += 1;
                         self.child = None;
                         self.port = crate::servers::free_port().expect("free port");
                         eprintln!("worker: port taken at start, retrying on {}", self.port);
-                        let reset = self.opts.reset && self.starts == 1;
-                        self.spawn(reset);
+                        self.spawn(self.last_reset);
                         continue;
                     }
                     panic!("worker exited at start ({st}):\n{log}");

@@ -13,7 +13,7 @@ use mongodb::bson::doc;
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
 use mongoferry_e2e::controlplane::ControlPlane;
-use mongoferry_e2e::servers::{free_port, MongoServer, ServerOptions, User};
+use mongoferry_e2e::servers::{free_port, lost_port_race, MongoServer, ServerOptions, User};
 use mongoferry_e2e::worker::binary;
 use mongoferry_e2e::workload::{seed_dataset, SeedSpec, Workload, WorkloadConfig};
 use serde_json::Value;
@@ -43,27 +43,22 @@ struct Operator {
 
 impl Operator {
     /// Starts the operator; retries on another port when its metrics port was taken between
-    /// `free_port` and the operator's bind (a client's outgoing connection can take it).
+    /// `free_port` and the operator's bind.
     fn start(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
         for _ in 0..5 {
-            let mut op = Operator::spawn(cp, identity, leader_election);
-            let port = op
-                .metrics
-                .split(':')
-                .nth(2)
-                .and_then(|p| p.split('/').next());
-            let addr = format!("127.0.0.1:{}", port.unwrap_or("0"));
+            let port = free_port().expect("port");
+            let mut op = Operator::spawn(cp, identity, leader_election, port);
             let t = Instant::now();
             loop {
                 if let Ok(Some(st)) = op.child.try_wait() {
                     let log = op.log();
-                    if log.contains("cannot listen") || log.contains("in use") {
+                    if lost_port_race(&log) {
                         eprintln!("operator {identity}: metrics port taken, retrying");
                         break;
                     }
                     panic!("operator {identity} exited at start ({st}):\n{log}");
                 }
-                let listening = std::net::TcpStream::connect(&addr).is_ok();
+                let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
                 if listening || t.elapsed() > Duration::from_secs(20) {
                     // Listening: ours, unless it exits now for having lost the port.
                     std::thread::sleep(Duration::from_millis(300));
@@ -78,8 +73,7 @@ impl Operator {
         panic!("operator {identity}: no free metrics port after 5 tries");
     }
 
-    fn spawn(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
-        let port = free_port().expect("port");
+    fn spawn(cp: &ControlPlane, identity: &str, leader_election: bool, port: u16) -> Operator {
         let log = cp.state_dir.join(format!("operator-{identity}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -228,7 +222,18 @@ fn condition(job: &Value, ty: &str) -> Option<(String, String)> {
         })
 }
 
-async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+async fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, f, String::new).await
+}
+
+/// [`wait_for`], whose timeout message adds `context()`: where things stood (CI keeps only
+/// the test's output).
+async fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -237,7 +242,8 @@ async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         }
         assert!(
             t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}{}",
+            context()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -250,22 +256,19 @@ async fn wait_job(
     timeout: Duration,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    let t = Instant::now();
-    loop {
-        let job = get(cp, "mj", name);
-        if let Some(j) = job.as_ref().filter(|j| f(j)) {
-            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
-            return j.clone();
-        }
-        // On a timeout, the job's last status says where it stood (CI keeps only this output).
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; last status of {name}: {}",
-            job.map(|j| j["status"].to_string())
-                .unwrap_or_else(|| "(job not found)".into())
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_or(
+        what,
+        timeout,
+        || get(cp, "mj", name).filter(|j| f(j)),
+        || job_status(cp, name),
+    )
+    .await
+}
+
+fn job_status(cp: &ControlPlane, name: &str) -> String {
+    let status =
+        get(cp, "mj", name).map_or_else(|| "(not found)".into(), |j| j["status"].to_string());
+    format!("; last status of {name}: {status}")
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -319,18 +322,19 @@ async fn lifecycle_pause_resume_finalize_delete() {
     create_secrets(&cp, PASSWORD);
     apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
 
-    let t = Instant::now();
-    while get(&cp, "pod", "mig-worker").is_none_or(|p| p["status"]["phase"] != "Running") {
-        // On a timeout: where the job stood and what the operator said (CI keeps only this).
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no running worker pod after 120 s; job status: {}\noperator log tail:\n{}",
-            get(&cp, "mj", "mig").map_or_else(|| "(no job)".into(), |j| j["status"].to_string()),
-            tail(&op.log(), 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    println!("worker pod running: {:.1}s", t.elapsed().as_secs_f64());
+    wait_for_or(
+        "worker pod running",
+        Duration::from_secs(120),
+        || get(&cp, "pod", "mig-worker").filter(|p| p["status"]["phase"] == "Running"),
+        || {
+            format!(
+                "{}\noperator log tail:\n{}",
+                job_status(&cp, "mig"),
+                tail(&op.log(), 30)
+            )
+        },
+    )
+    .await;
     let wl = Workload::spawn(src.client(), workload());
     let j = wait_job(
         &cp,
