@@ -26,7 +26,7 @@ pub enum WorkerError {
 }
 
 pub fn read_secret(path: &Path, what: &'static str) -> Result<String, WorkerError> {
-    std::fs::read_to_string(crate::podpath::resolve(path))
+    std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|e| WorkerError::File {
             what,
@@ -47,7 +47,7 @@ pub fn endpoints(a: &EndpointArgs) -> Result<(Endpoint, Endpoint), WorkerError> 
         tls_ca_file: a
             .source_tls_ca_file
             .as_ref()
-            .map(|p| crate::podpath::resolve(p).display().to_string()),
+            .map(|p| p.display().to_string()),
     };
     let dst = Endpoint {
         uri: a.target.clone(),
@@ -56,7 +56,7 @@ pub fn endpoints(a: &EndpointArgs) -> Result<(Endpoint, Endpoint), WorkerError> 
         tls_ca_file: a
             .target_tls_ca_file
             .as_ref()
-            .map(|p| crate::podpath::resolve(p).display().to_string()),
+            .map(|p| p.display().to_string()),
     };
     if src.uri == dst.uri {
         return Err(WorkerError::Config(
