@@ -364,16 +364,19 @@ func waiting(reason, msg string) corev1.ContainerState {
 }
 
 func terminated(c *ctr, p *process) corev1.ContainerState {
-	reason := "Completed"
+	reason, msg := "Completed", ""
 	switch {
 	case p.oom:
 		reason = "OOMKilled"
+	case p.failed != "":
+		reason, msg = "StartError", p.failed
 	case p.exit != 0:
 		reason = "Error"
 	}
 	return corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 		ExitCode:    int32(p.exit),
 		Reason:      reason,
+		Message:     msg,
 		StartedAt:   metav1.NewTime(p.started),
 		FinishedAt:  metav1.NewTime(p.ended),
 		ContainerID: containerID(c),

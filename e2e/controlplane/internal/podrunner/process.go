@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +27,7 @@ type process struct {
 	done    chan struct{} // closed when the container has exited
 	exit    int           // exit code (128+signal when killed by a signal)
 	oom     bool          // killed by the OOM killer (memory limit)
+	failed  string        // runc's error when the process never started
 	started time.Time
 	ended   time.Time
 }
@@ -116,6 +116,11 @@ func (rt *runcRuntime) start(run containerRun, spec ociSpec) (*process, error) {
 		p.exit = exitCode(err)
 		p.oom = p.cg.OOMKilled()
 		p.ended = time.Now()
+		// runc writes the pid file once the process runs: without it, the
+		// container never started and the log ends with runc's error.
+		if _, err := os.Stat(run.pidFile); err != nil && p.exit != 0 {
+			p.failed = lastLine(run.logPath)
+		}
 		_ = os.Remove(run.pidFile)
 		p.release()
 		close(p.done)
@@ -219,12 +224,17 @@ func runcVersion(bin string) string {
 	return strings.TrimSpace(strings.TrimPrefix(line, "runc version "))
 }
 
-// containerPid reads the pid file runc writes.
-func containerPid(pidFile string) int {
-	b, err := os.ReadFile(pidFile)
+// lastLine is the last non-empty line of a file (at most 4 KiB read).
+func lastLine(path string) string {
+	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return ""
 	}
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return n
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > 4096 {
+		_, _ = f.Seek(st.Size()-4096, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
 }

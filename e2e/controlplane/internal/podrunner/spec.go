@@ -25,7 +25,6 @@ type ociProcess struct {
 	Cwd             string          `json:"cwd"`
 	Capabilities    ociCapabilities `json:"capabilities"`
 	NoNewPrivileges bool            `json:"noNewPrivileges"`
-	Rlimits         []ociRlimit     `json:"rlimits,omitempty"`
 }
 
 type ociUser struct {
@@ -40,12 +39,6 @@ type ociCapabilities struct {
 	Permitted   []string `json:"permitted"`
 	Inheritable []string `json:"inheritable"`
 	Ambient     []string `json:"ambient"`
-}
-
-type ociRlimit struct {
-	Type string `json:"type"`
-	Hard uint64 `json:"hard"`
-	Soft uint64 `json:"soft"`
 }
 
 type ociRoot struct {
@@ -164,7 +157,6 @@ func buildSpec(in specInput) ociSpec {
 				Inheritable: []string{}, Ambient: []string{},
 			},
 			NoNewPrivileges: in.NoNewPrivs,
-			Rlimits:         []ociRlimit{{Type: "RLIMIT_NOFILE", Hard: 1048576, Soft: 1048576}},
 		},
 		Root:     ociRoot{Path: in.Rootfs, Readonly: in.ReadOnlyRoot},
 		Hostname: in.Hostname,
