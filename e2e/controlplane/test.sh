@@ -439,10 +439,21 @@ YAML
   kubectl -n t-pods delete pod shell --timeout=20s
 }
 
+t_go_unit() {
+  # Unit tests of the pod runner's pure parts (image store, OCI spec,
+  # security context, env, volumes, addresses, logs) and gofmt.
+  cd "$HERE"
+  local unformatted; unformatted=$(gofmt -l .)
+  [[ -z "$unformatted" ]] || fail "gofmt: $unformatted"
+  nice -n 10 go test ./...
+}
+
+check "0 go test ./... (pod runner unit tests) and gofmt" t_go_unit
+
 echo "starting control plane in $CONTROLPLANE_STATE_DIR"
 start=$SECONDS
 if ! "$CPSH" up; then
-  echo "0 passed, 1 failed"; exit 1
+  echo "$PASSED passed, $((FAILED + 1)) failed"; exit 1
 fi
 echo "control plane up in $((SECONDS - start))s"
 
