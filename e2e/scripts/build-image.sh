@@ -52,8 +52,11 @@ if [[ -z "$BINARY" ]]; then
     # the target only (build scripts and proc macros stay dynamic) because --target is given.
     host=$(rustc -vV | awk '/^host:/ { print $2 }')
     say "building the release binary ($host, crt-static)..."
-    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release --locked -p mongoferry --bin mongoferry --target "$host" >&2
+    # The paths of this checkout and of the cargo home are remapped, so the binary does not
+    # depend on where the clone lives.
+    cargo_home=${CARGO_HOME:-$HOME/.cargo}
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --remap-path-prefix=$ROOT=/src --remap-path-prefix=$cargo_home=/cargo" \
+        nice cargo build --release --locked -p mongoferry --bin mongoferry --target "$host" >&2
     BINARY="target/$host/release/mongoferry"
     OUT=${OUT:-target/image/mongoferry-$TAG.oci.tar}
     say "binary built in $((SECONDS - start)) s"
