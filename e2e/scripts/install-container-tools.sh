@@ -12,6 +12,10 @@ if ((${#need[@]})); then
     echo "installing ${need[*]} (apt-get)" >&2
     if [[ $(id -u) != 0 ]]; then SUDO=sudo; else SUDO=; fi
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq >/dev/null 2>&1 || true
-    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    log=$(mktemp)
+    $SUDO apt-get update -qq >"$log" 2>&1 || true
+    if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
 fi
