@@ -96,7 +96,7 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Verb::Preflight(a) => {
-            let report = mongoferry::preflight::cli(&a).await?;
+            let report = mongoferry::worker::preflight(&a).await?;
             if a.json {
                 print_json(&serde_json::to_value(&report)?);
             } else {

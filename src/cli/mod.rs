@@ -187,6 +187,15 @@ pub struct WorkerArgs {
     /// Copy throughput the preflight assumes (MB/s, 1 MB = 10^6 bytes). Default 20.
     #[arg(long, env = "MONGOFERRY_THROUGHPUT_MBPS")]
     pub throughput_mbps: Option<f64>,
+    /// The migration job this worker serves (the operator passes the MigrationJob's UID). The
+    /// target records its owner: a worker of another job is refused, never waits to take it
+    /// over. Workers of one job take turns: a new one waits until the running one stops.
+    #[arg(long, env = "MONGOFERRY_JOB_ID", default_value = "standalone")]
+    pub job_id: String,
+    /// A human name of the job for messages (the operator passes `namespace/name`); default
+    /// the job id.
+    #[arg(long, env = "MONGOFERRY_JOB_NAME")]
+    pub job_name: Option<String>,
 }
 
 #[derive(Args, Debug)]

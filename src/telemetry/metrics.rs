@@ -29,6 +29,8 @@ pub struct Metrics {
     pub verify_documents: IntCounter,
     pub verify_mismatches: IntGauge,
     pub index_restore_failures: IntGauge,
+    /// Fenced write batches, by outcome (read from the fence before each scrape).
+    pub fence_batches: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -55,6 +57,16 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(applier_queue_depth.clone()))
+            .expect("unique metric");
+        let fence_batches = IntGaugeVec::new(
+            Opts::new(
+                "mongoferry_fence_batches",
+                "Fenced write batches of this process: committed, or refused because another worker took the migration over",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(fence_batches.clone()))
             .expect("unique metric");
         let flush_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -181,6 +193,7 @@ impl Metrics {
             ddl_applied,
             errors,
             state,
+            fence_batches,
             registry: r,
         };
         m.set_state(State::Idle);
@@ -198,7 +211,17 @@ impl Metrics {
         }
         m.errors.with_label_values(&["mongo"]);
         m.applier_queue_depth.with_label_values(&["0"]);
+        m.set_fence(0, 0);
         m
+    }
+
+    pub fn set_fence(&self, committed: u64, refused: u64) {
+        self.fence_batches
+            .with_label_values(&["committed"])
+            .set(committed as i64);
+        self.fence_batches
+            .with_label_values(&["refused"])
+            .set(refused as i64);
     }
 
     pub fn set_state(&self, s: State) {
