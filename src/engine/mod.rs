@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod conn;
 mod control;
+pub mod ctx;
 pub mod copy;
 pub mod error;
 pub mod filter;
@@ -44,15 +45,8 @@ use stages::{JobStore, SharedCheckpoint, Stages};
 use store::{Checkpoint, Identity, Store};
 
 pub use control::{Accepted, CommandError};
+pub use ctx::Ctx;
 
-/// Everything the stages share.
-pub struct Ctx {
-    pub source: Client,
-    pub target: Client,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub live: Live,
-}
 
 /// Copy throughput the preflight assumes for its estimate, MB/s.
 pub const DEFAULT_THROUGHPUT_MBPS: f64 = 20.0;

@@ -18,7 +18,8 @@ use super::error::{EngineError, MongoContext, Result, Side};
 use super::repl::{self, ReplOutcome};
 use super::store::Checkpoint;
 use super::tuning::Tuning;
-use super::{conn, finalize, Ctx};
+use super::ctx::Ctx;
+use super::{conn, finalize};
 
 /// The job as kept by the engine while it runs.
 pub type SharedCheckpoint = Arc<Mutex<Checkpoint>>;

@@ -12,7 +12,7 @@ use super::super::error::{EngineError, Result, Side};
 use super::super::filter::NamespaceFilter;
 use super::super::store::{Checkpoint, CollectionEntry};
 use super::super::tuning::Tuning;
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 
 /// Catalog entries recorded per batched write.
 const CATALOG_RECORD_BATCH: usize = 256;

@@ -13,7 +13,7 @@ use mongodb::error::ErrorKind;
 use mongodb::ClientSession;
 
 use super::super::error::{classify_mongo, EngineError, ErrorClass, MongoContext, Result, Side};
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 
 /// How a batch went into the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,7 +18,7 @@ use super::filter::NamespaceFilter;
 use super::optime;
 use super::store::fence::Fence;
 use super::store::{Checkpoint, IndexEntry};
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::api::{FinalizationReport, IndexFailure, State, VerifyMode};
 
 pub fn started_report(cutoff: Timestamp, blocked: bool) -> FinalizationReport {

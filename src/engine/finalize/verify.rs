@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use super::super::catalog;
 use super::super::error::{MongoContext, Result, Side};
 use super::super::filter::NamespaceFilter;
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 use crate::api::{Mismatch, MismatchKind, VerificationReport, VerifyMode};
 
 /// At most this many mismatches are listed; all are counted.

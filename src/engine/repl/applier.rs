@@ -9,7 +9,7 @@ use mongodb::ClientSession;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::super::error::{EngineError, Result};
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 use super::translate::WriteOp;
 use super::write::{Op, Plan};
 

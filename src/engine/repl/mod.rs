@@ -24,7 +24,7 @@ use super::filter::NamespaceFilter;
 use super::optime;
 use super::store::Checkpoint;
 use super::tuning::Tuning;
-use super::Ctx;
+use super::ctx::Ctx;
 use applier::Msg;
 use router::{Routed, Router};
 

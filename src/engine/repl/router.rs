@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 use super::applier::Msg;
 use super::ddl::{self, DdlDecision, DdlOp};
 use super::translate::{self, Translated};

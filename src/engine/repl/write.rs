@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::super::error::{EngineError, MongoContext, Result, Side};
 use super::super::reply;
-use super::super::Ctx;
+use super::super::ctx::Ctx;
 use super::translate::{self, WriteOp};
 
 /// A statement larger than this is written on its own with the driver's helpers.
