@@ -236,6 +236,9 @@ pub struct WorkerStatus {
     pub initial_sync: InitialSync,
     pub finalization: Option<FinalizationReport>,
     pub warnings: Vec<String>,
+    /// Why the worker stopped, when it is a known condition a tool may act on (e.g. `TargetInUse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 /// Body of every error answer of the worker API.
