@@ -13,7 +13,7 @@ use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
 use mongoferry_e2e::controlplane::ControlPlane;
 use mongoferry_e2e::fixtures::{self, credentials_secret_yaml, Operator};
-use mongoferry_e2e::kubectl::{condition, events_applied, tail, Kubectl, CRD};
+use mongoferry_e2e::kubectl::{self, condition, events_applied, tail, Kubectl, CRD};
 use mongoferry_e2e::servers::{MongoServer, User};
 use mongoferry_e2e::wait::{wait_for, wait_for_or};
 use mongoferry_e2e::worker::binary;
@@ -55,6 +55,23 @@ async fn wait_job(
     .await
 }
 
+/// Waits until condition `ty` of job `name` has `status`: the job and the condition.
+async fn wait_condition(
+    kc: &Kubectl,
+    name: &str,
+    ty: &str,
+    status: &str,
+    timeout: Duration,
+) -> (Value, kubectl::Condition) {
+    let what = format!("{name}: {ty}={status}");
+    let j = wait_job(kc, name, &what, timeout, |j| {
+        condition(j, ty).is_some_and(|c| c.status == status)
+    })
+    .await;
+    let c = condition(&j, ty).expect("condition");
+    (j, c)
+}
+
 fn job_status(kc: &Kubectl, name: &str) -> String {
     let status = kc
         .get("mj", name)
@@ -87,6 +104,14 @@ fn start_cp() -> (ControlPlane, Kubectl) {
     (cp, kc)
 }
 
+/// A control plane with the CRD, and a source (seeded) and a target server.
+async fn seeded() -> (ControlPlane, Kubectl, MongoServer, MongoServer) {
+    let (cp, kc) = start_cp();
+    let (src, dst) = (server().await, server().await);
+    seed(&src.client()).await;
+    (cp, kc, src, dst)
+}
+
 fn create_secrets(kc: &Kubectl, source_pw: &str) {
     kc.apply(&secret_yaml("source-credentials", source_pw))
         .expect("secret");
@@ -98,9 +123,7 @@ fn create_secrets(kc: &Kubectl, source_pw: &str) {
 /// finalize + `kubectl wait`; comparator; deletion removes pod and Secret, keeps target data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_pause_resume_finalize_delete() {
-    let (cp, kc) = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let op = Operator::start(&cp, "op-a", false);
     create_secrets(&kc, PASSWORD);
     kc.apply(&job_yaml("mig", &src, &dst, ""))
@@ -322,9 +345,7 @@ async fn invalid_specs_are_refused() {
 /// checkpoint; operator restarted → the worker is not disturbed and status continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_deletion_and_operator_restart() {
-    let (cp, kc) = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let mut op = Operator::start(&cp, "op-a", false);
     create_secrets(&kc, PASSWORD);
     kc.apply(&job_yaml("mig", &src, &dst, ""))
@@ -477,11 +498,8 @@ async fn wrong_password_fails_cleanly() {
     create_secrets(&kc, WRONG_PASSWORD);
     kc.apply(&job_yaml("mig", &src, &dst, ""))
         .expect("apply job");
-    let j = wait_job(&kc, "mig", "Failed", Duration::from_secs(120), |j| {
-        condition(j, "Failed").is_some_and(|c| c.status == "True")
-    })
-    .await;
-    let msg = condition(&j, "Failed").expect("condition").message;
+    let (_, failed) = wait_condition(&kc, "mig", "Failed", "True", Duration::from_secs(120)).await;
+    let msg = failed.message;
     println!("Failed: {msg}");
     assert!(
         msg.contains("authentication") && msg.contains("source"),
@@ -544,9 +562,7 @@ async fn wrong_password_fails_cleanly() {
 /// replicates; the filtered example passes the API server's validation as shipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_examples_apply_and_run() {
-    let (cp, kc) = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let _op = Operator::start(&cp, "op-examples", false);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let filtered = examples.join("migrationjob-filtered.yaml");
@@ -606,9 +622,7 @@ async fn shipped_examples_apply_and_run() {
 /// start at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_preflight_shows_condition_and_starts_nothing() {
-    let (cp, kc) = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let target = dst.client();
     let planted = target
         .database("shop")
@@ -621,15 +635,15 @@ async fn failing_preflight_shows_condition_and_starts_nothing() {
     create_secrets(&kc, PASSWORD);
     kc.apply(&job_yaml("mig", &src, &dst, ""))
         .expect("apply job");
-    let j = wait_job(
+    let (j, preflight) = wait_condition(
         &kc,
         "mig",
-        "PreflightPassed=False",
+        "PreflightPassed",
+        "False",
         Duration::from_secs(120),
-        |j| condition(j, "PreflightPassed").is_some_and(|c| c.status == "False"),
     )
     .await;
-    let msg = condition(&j, "PreflightPassed").expect("condition").message;
+    let msg = preflight.message;
     println!("PreflightPassed=False: {msg}");
     assert!(
         msg.contains("target.namespaces") && msg.contains("shop.orders"),
@@ -703,4 +717,195 @@ async fn failing_preflight_shows_condition_and_starts_nothing() {
     );
     assert_eq!(planted.count_documents(doc! {}).await.expect("count"), 3000);
     println!("ISSUE 9 ACCEPTANCE 5: PreflightPassed=False with the reason, nothing started; dropTargetNamespaces then started it");
+}
+
+/// The worker API token of job `name`, from its Secret.
+fn api_token(kc: &Kubectl, name: &str) -> String {
+    kc.ok(&[
+        "get",
+        "secret",
+        &format!("{name}-api-token"),
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ])
+    .trim()
+    .to_string()
+}
+
+/// A metric of job `name`'s worker, read from its `/metrics` at the pod's IP.
+async fn worker_metric(kc: &Kubectl, name: &str, metric: &str) -> f64 {
+    let pod = kc
+        .get("pod", &format!("{name}-worker"))
+        .expect("worker pod");
+    let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_string();
+    let text = reqwest::Client::new()
+        .get(format!("http://{ip}:2242/metrics"))
+        .bearer_auth(api_token(kc, name))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == metric).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{metric} missing in /metrics of {name}:\n{text}"))
+}
+
+/// Issue 14, acceptance 3: a second MigrationJob on the target of a running one gets
+/// Failed=True with reason TargetInUse and a message naming the first job; Ready=False
+/// carries the message, Progressing=False, one Warning Event. It never copies nor replicates,
+/// even while the first job's worker pod is deleted and recreated 5 times; the first job's
+/// data stays equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_job_on_a_used_target_fails_with_target_in_use() {
+    let (cp, kc, src, dst) = seeded().await;
+    let _op = Operator::start(&cp, "op-a", false);
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("first", &src, &dst, ""))
+        .expect("apply first");
+    wait_job(
+        &kc,
+        "first",
+        "first replicating",
+        Duration::from_secs(300),
+        |j| j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true,
+    )
+    .await;
+    let first_uid = kc.get("mj", "first").expect("first")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let wl = Workload::spawn(src.client(), workload());
+
+    kc.apply(&job_yaml("second", &src, &dst, ""))
+        .expect("apply second");
+    let (j, failed) =
+        wait_condition(&kc, "second", "Failed", "True", Duration::from_secs(120)).await;
+    println!("second: Failed {} {}", failed.reason, failed.message);
+    assert_eq!(failed.reason, "TargetInUse", "{}", j["status"]);
+    assert!(
+        failed.message.contains("first") && failed.message.contains(&first_uid),
+        "the message names the owning job and its uid: {}",
+        failed.message
+    );
+    let ready = condition(&j, "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.message, failed.message, "Ready carries the message");
+    assert_eq!(
+        condition(&j, "Progressing").expect("Progressing").status,
+        "False"
+    );
+    assert_eq!(j["status"]["message"], failed.message.as_str());
+
+    // The first job's worker pod is deleted and recreated 5 times: the second job never
+    // takes the target over.
+    let second_stays_refused = |j: &Value| {
+        condition(j, "Failed").is_some_and(|c| c.status == "True" && c.reason == "TargetInUse")
+            && j["status"]["state"] != "running"
+    };
+    for round in 1..=5 {
+        let uid = kc.get("pod", "first-worker").expect("first pod")["metadata"]["uid"].clone();
+        kc.ok(&["delete", "pod", "first-worker", "--wait=false"]);
+        wait_for_or(
+            &format!("first's worker pod recreated ({round}/5)"),
+            Duration::from_secs(120),
+            || {
+                if let Some(j) = kc.get("mj", "second") {
+                    assert!(second_stays_refused(&j), "round {round}: {}", j["status"]);
+                }
+                kc.get("pod", "first-worker")
+                    .filter(|p| p["metadata"]["uid"] != uid && p["status"]["phase"] == "Running")
+            },
+            || job_status(&kc, "second"),
+        )
+        .await;
+        wait_job(
+            &kc,
+            "first",
+            &format!("first running again ({round}/5)"),
+            Duration::from_secs(120),
+            |j| j["status"]["state"] == "running",
+        )
+        .await;
+        let j = kc.get("mj", "second").expect("second");
+        assert!(second_stays_refused(&j), "round {round}: {}", j["status"]);
+    }
+    println!(
+        "ISSUE 14 ACCEPTANCE 3: second stayed TargetInUse through 5 recreations of first's worker"
+    );
+
+    // The second's worker wrote nothing; it was never started; one TargetInUse Event.
+    assert_eq!(
+        worker_metric(&kc, "second", "mongoferry_copy_insert_documents_total").await,
+        0.0
+    );
+    assert_eq!(
+        worker_metric(&kc, "second", "mongoferry_events_applied_total").await,
+        0.0
+    );
+    let events: Value =
+        serde_json::from_str(&kc.ok(&["get", "events.events.k8s.io", "-o", "json"]))
+            .expect("events json");
+    let of_second: Vec<&Value> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "second")
+        .collect();
+    let reasons: Vec<&str> = of_second
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    println!("events of second: {reasons:?}");
+    assert!(
+        !reasons.contains(&"MigrationStarted") && !reasons.contains(&"ResumeRequested"),
+        "{reasons:?}"
+    );
+    let in_use: Vec<&&Value> = of_second
+        .iter()
+        .filter(|e| e["reason"] == "TargetInUse")
+        .collect();
+    assert_eq!(in_use.len(), 1, "{in_use:?}");
+    assert_eq!(in_use[0]["type"], "Warning");
+    assert!(
+        in_use[0]["series"].is_null(),
+        "published once, not on every reconcile: {}",
+        in_use[0]
+    );
+    assert!(
+        of_second.iter().all(|e| !e["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("still connecting")),
+        "no misleading \"still connecting\" Event: {of_second:?}"
+    );
+
+    // The first job's data equals the source.
+    wl.stop().await;
+    wait_job(
+        &kc,
+        "first",
+        "first caught up",
+        Duration::from_secs(120),
+        |j| {
+            j["status"]["replication"]["lagSeconds"]
+                .as_i64()
+                .is_some_and(|l| l <= 2)
+        },
+    )
+    .await;
+    kc.finalize(None, "first", Duration::from_secs(300));
+    assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
+    let j = kc.get("mj", "second").expect("second");
+    assert_eq!(
+        condition(&j, "Failed").map(|c| c.reason).as_deref(),
+        Some("TargetInUse"),
+        "{}",
+        j["status"]
+    );
+    println!("ISSUE 14 ACCEPTANCE 3: first finalized equal to the source; second never wrote");
 }
