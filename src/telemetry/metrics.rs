@@ -185,15 +185,7 @@ impl Metrics {
         };
         m.set_state(State::Idle);
         // Make the labelled families visible from the start (at 0).
-        for op in [
-            "create",
-            "createIndexes",
-            "dropIndexes",
-            "modify",
-            "rename",
-            "drop",
-            "dropDatabase",
-        ] {
+        for op in crate::engine::translate::DDL_TYPES {
             m.ddl_applied.with_label_values(&[op]);
         }
         m.errors.with_label_values(&["mongo"]);
