@@ -13,13 +13,22 @@ const TOP: &[(&str, &[&str])] = &[
     ("engine", &["api", "telemetry"]),
     ("preflight", &["api", "engine"]),
     ("server", &["api", "engine"]),
-    ("cli", &["api"]),
+    // The command line is a top: it turns its flags into the operator's plain options.
+    ("cli", &["api", "operator"]),
     ("operator", &["api"]),
     ("demo", &["api", "cli"]),
     ("podpath", &[]),
     (
         "worker",
-        &["api", "cli", "engine", "preflight", "server", "telemetry", "podpath"],
+        &[
+            "api",
+            "cli",
+            "engine",
+            "preflight",
+            "server",
+            "telemetry",
+            "podpath",
+        ],
     ),
 ];
 
@@ -73,7 +82,10 @@ fn module_of(file: &Path) -> Vec<String> {
         .iter()
         .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
         .collect();
-    if parts.last().is_some_and(|l| l == "mod" || l == "lib" || l == "main") {
+    if parts
+        .last()
+        .is_some_and(|l| l == "mod" || l == "lib" || l == "main")
+    {
         parts.pop();
     }
     parts
@@ -83,8 +95,10 @@ fn module_of(file: &Path) -> Vec<String> {
 /// against the file's own module.
 fn references(file: &Path, text: &str) -> Vec<(usize, Vec<String>)> {
     let here = module_of(file);
-    let path_re = regex::Regex::new(r"\b(crate|super)((?:::super)*)::([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*))?")
-        .expect("regex");
+    let path_re = regex::Regex::new(
+        r"\b(crate|super)((?:::super)*)::([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*))?",
+    )
+    .expect("regex");
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
@@ -145,7 +159,10 @@ fn violations(files: &[(PathBuf, String)]) -> Vec<String> {
                 bad.push(format!(
                     "{}:{line}: `{top}` may not use `{to_top}` (allowed: {:?})",
                     file.display(),
-                    TOP.iter().find(|(m, _)| *m == top).map(|(_, a)| *a).unwrap_or(&[])
+                    TOP.iter()
+                        .find(|(m, _)| *m == top)
+                        .map(|(_, a)| *a)
+                        .unwrap_or(&[])
                 ));
             }
             if top == "engine" && to_top == "engine" {
@@ -191,7 +208,10 @@ fn imports_follow_the_dependency_direction() {
         .map(|m| m.get(1).cloned().unwrap_or_default())
         .collect();
     for m in engine_mods {
-        assert!(engine_rank(&m).is_some(), "engine::{m} has no rank in ENGINE_RANK");
+        assert!(
+            engine_rank(&m).is_some(),
+            "engine::{m} has no rank in ENGINE_RANK"
+        );
     }
 }
 
@@ -200,7 +220,10 @@ fn the_check_catches_a_bad_import() {
     let f = |path: &str, text: &str| (src().join(path), text.to_string());
     let bad = violations(&[
         f("engine/store/mod.rs", "use super::copy::run;\n"),
-        f("engine/copy/insert.rs", "use super::super::repl::write::Op;\n"),
+        f(
+            "engine/copy/insert.rs",
+            "use super::super::repl::write::Op;\n",
+        ),
         f("preflight/gather.rs", "use crate::worker::endpoints;\n"),
         f("operator/mod.rs", "use crate::cli::OperatorArgs;\n"),
         f("api/mod.rs", "use crate::engine::Engine;\n"),
@@ -209,7 +232,10 @@ fn the_check_catches_a_bad_import() {
     assert!(bad[0].contains("engine::store") && bad[0].contains("engine::copy"));
     assert!(bad[2].contains("`preflight` may not use `worker`"));
     let good = violations(&[
-        f("engine/copy/mod.rs", "use super::store::Checkpoint;\nuse crate::api::State;\n"),
+        f(
+            "engine/copy/mod.rs",
+            "use super::store::Checkpoint;\nuse crate::api::State;\n",
+        ),
         f("engine/copy/insert.rs", "use super::super::ctx::Ctx;\n"),
         f("worker.rs", "use crate::server::router;\n"),
     ]);

@@ -101,7 +101,10 @@ async fn recopy_case(mib: i64) {
     assert!(paused_in <= 2.0, "pause took {paused_in:.2}s");
     assert_eq!(w.post("/resume", json!({})).await.code, 200);
     // Kill once a partition is done, restart: finished partitions are not copied again.
-    let meta = dst.client().database("mongoferry").collection::<Document>("partitions");
+    let meta = dst
+        .client()
+        .database("mongoferry")
+        .collection::<Document>("partitions");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = meta
@@ -111,7 +114,10 @@ async fn recopy_case(mib: i64) {
         if done >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "no partition of app.big finished");
+        assert!(
+            Instant::now() < deadline,
+            "no partition of app.big finished"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total_parts = meta
@@ -129,7 +135,10 @@ async fn recopy_case(mib: i64) {
         st["lagTimeSeconds"]
     );
     assert!(skipped >= 1.0, "finished partitions were copied again");
-    assert!(copied_after < n as f64, "the restart copied everything again");
+    assert!(
+        copied_after < n as f64,
+        "the restart copied everything again"
+    );
     assert_eq!(
         dst.client()
             .database("app")
@@ -173,9 +182,11 @@ async fn a_failing_insert_in_a_copy_anew_fails_the_job() {
     let w = running(&src, &dst, json!({})).await;
     dst.client()
         .database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
-            "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
-        }})
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
+                "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
+            }},
+        )
         .await
         .expect("failpoint");
     rename(&c, "app.tmp_x", "app.x").await;
@@ -208,28 +219,39 @@ async fn a_fatal_copy_error_stops_every_copy_task_within_a_second() {
     }
     let w = WorkerProcess::start(worker_opts(&src, &dst)).await;
     // The first insert after a few succeeded fails for good.
-    w.start_migration(json!({"clone": {"parallelCollections": 4, "insertWorkers": 4, "batchBytes": 262144}}))
-        .await;
+    w.start_migration(
+        json!({"clone": {"parallelCollections": 4, "insertWorkers": 4, "batchBytes": 262144}}),
+    )
+    .await;
     w.wait_for("copying", Duration::from_secs(60), |s| {
         s["initialSync"]["clonedDocuments"].as_u64().unwrap_or(0) > 0
     })
     .await;
     dst.client()
         .database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
-            "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
-        }})
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
+                "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
+            }},
+        )
         .await
         .expect("failpoint");
     let st = w.wait_state("failed", Duration::from_secs(120)).await;
-    assert!(st["error"].as_str().unwrap_or("").contains("code 2"), "{st:#}");
+    assert!(
+        st["error"].as_str().unwrap_or("").contains("code 2"),
+        "{st:#}"
+    );
     let log = w.log();
     let ms: u64 = log
         .lines()
         .filter(|l| l.contains("every copy task stopped after the failure"))
         .filter_map(|l| {
             let i = l.find("stopped_after_ms=")? + "stopped_after_ms=".len();
-            l[i..].split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
+            l[i..]
+                .split(|ch: char| !ch.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
         .next_back()
         .unwrap_or_else(|| panic!("no stop measurement in the log:\n{}", w.log_tail()));
@@ -341,7 +363,10 @@ async fn a_reset_killed_at_any_step_is_completed() {
         let st = w.status().await;
         assert_ne!(st["state"], "failed", "{st:#}");
         let (job, _, _) = reset_progress(&d).await;
-        assert!(!job.get_bool("resetting").unwrap_or(false), "reset not finished: {job}");
+        assert!(
+            !job.get_bool("resetting").unwrap_or(false),
+            "reset not finished: {job}"
+        );
         w.wait_caught_up(1.0, Duration::from_secs(600)).await;
         assert_same(&c, &d, CompareOptions::relaxed()).await;
     }

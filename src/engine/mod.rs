@@ -11,8 +11,8 @@
 pub mod catalog;
 pub mod conn;
 mod control;
-pub mod ctx;
 pub mod copy;
+pub mod ctx;
 pub mod error;
 pub mod filter;
 pub mod finalize;
@@ -46,7 +46,6 @@ use store::{Checkpoint, Identity, Store};
 
 pub use control::{Accepted, CommandError};
 pub use ctx::Ctx;
-
 
 /// Copy throughput the preflight assumes for its estimate, MB/s.
 pub const DEFAULT_THROUGHPUT_MBPS: f64 = 20.0;
@@ -127,6 +126,7 @@ pub struct Engine {
 impl Engine {
     /// An engine on real deployments, as the job `me`.
     pub fn new(source: Client, target: Client, metrics: Arc<Metrics>, me: Identity) -> Self {
+        metrics.show_ddl(repl::translate::DDL_TYPES);
         let store = Store::new(&target, me);
         let ctx = Arc::new(Ctx {
             source,

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::catalog;
+use super::ctx::Ctx;
 use super::error::{EngineError, MongoContext, Result, Side};
 use super::filter::NamespaceFilter;
 use super::store::{Checkpoint, CollectionEntry, PartitionEntry};
 use super::tuning::Tuning;
-use super::ctx::Ctx;
 
 /// Whether the copy ran to its end or was stopped (pause, finalize, shutdown).
 #[derive(Debug, PartialEq, Eq)]

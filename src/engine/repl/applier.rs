@@ -8,8 +8,8 @@ use futures::FutureExt;
 use mongodb::ClientSession;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use super::super::error::{EngineError, Result};
 use super::super::ctx::Ctx;
+use super::super::error::{EngineError, Result};
 use super::translate::WriteOp;
 use super::write::{Op, Plan};
 
