@@ -8,6 +8,7 @@ use tracing::{error, info};
 use crate::cli::{EndpointArgs, WorkerArgs};
 use crate::engine::conn::{redact_uri, Endpoint};
 use crate::engine::error::Side;
+use crate::engine::store::Identity;
 use crate::engine::Engine;
 use crate::telemetry::metrics::Metrics;
 
@@ -83,8 +84,13 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let source = src.client(Side::Source, "mongoferry-worker").await?;
     let target = dst.client(Side::Target, "mongoferry-worker").await?;
     let metrics = Arc::new(Metrics::new());
-    let engine =
-        Engine::new(source, target, metrics).with_preflight_throughput(args.throughput_mbps);
+    let me = Identity::new(Some(args.job_id.clone()), args.job_name.clone());
+    info!(job = %me.job_id, name = %me.job_name, incarnation = %me.incarnation, "worker identity");
+    let gate = Arc::new(crate::preflight::Gate {
+        source: source.clone(),
+        target: target.clone(),
+    });
+    let engine = Engine::new(source, target, metrics, me).with_gate(gate, args.throughput_mbps);
     engine.spawn_clock();
     {
         let e = engine.clone();
@@ -119,4 +125,28 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     engine.shutdown().await;
     info!("worker stopped");
     Ok(())
+}
+
+/// `mongoferry preflight`: connect with the worker's credential flags and run it.
+pub async fn preflight(
+    a: &crate::cli::PreflightArgs,
+) -> Result<crate::api::PreflightReport, Box<dyn std::error::Error>> {
+    let (src, dst) = endpoints(&a.endpoints)?;
+    let source = src.client(Side::Source, "mongoferry-preflight").await?;
+    let target = dst.client(Side::Target, "mongoferry-preflight").await?;
+    let mut opts = crate::preflight::Options {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        drop_target_namespaces: a.drop_target_namespaces,
+        reset: a.reset,
+        throughput_mbps: a.throughput_mbps,
+        owned: Default::default(),
+    };
+    opts.filter()?;
+    // Namespaces an earlier run of a job on this target created are replaced, not refused.
+    match crate::engine::store::owned_namespaces(&target).await {
+        Ok(owned) => opts.owned = owned,
+        Err(e) => tracing::warn!(error = %e, "cannot read the namespaces an earlier run created"),
+    }
+    Ok(crate::preflight::run(&source, &target, &opts).await)
 }

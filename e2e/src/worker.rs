@@ -32,6 +32,9 @@ pub struct WorkerOptions {
     pub reset: bool,
     /// Return once the process answers `/healthz`, without waiting for `/readyz`.
     pub no_wait_ready: bool,
+    /// A command the worker runs under (`unshare … --`, say): it execs the worker binary
+    /// with the worker's arguments appended.
+    pub wrap: Vec<String>,
 }
 
 pub struct WorkerProcess {
@@ -83,7 +86,14 @@ impl WorkerProcess {
             .append(true)
             .open(self.log_path())
             .expect("worker log");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match self.opts.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("worker")
             .arg("--source")
             .arg(&self.opts.source)
@@ -140,6 +150,38 @@ impl WorkerProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The worker process itself: the spawned process, or under `wrap` the process it runs
+    /// (its first child).
+    pub fn worker_pid(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        if self.opts.wrap.is_empty() {
+            return Some(pid);
+        }
+        for _ in 0..100 {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if let Some(c) = children
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+            {
+                return Some(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Send a signal (`STOP`, `CONT`, `TERM`, …) to the worker process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.worker_pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     async fn wait_healthy(&mut self) {
@@ -306,6 +348,9 @@ impl WorkerProcess {
 
     /// SIGKILL the worker.
     pub fn kill(&mut self) {
+        if !self.opts.wrap.is_empty() {
+            self.signal("KILL");
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -314,10 +359,11 @@ impl WorkerProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) {
+        let target = self.worker_pid();
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
-                .arg(c.id().to_string())
+                .arg(target.unwrap_or(c.id()).to_string())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(90);
             while Instant::now() < deadline {
@@ -347,6 +393,27 @@ impl WorkerProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .unwrap_or(0)
+    }
+
+    /// Poll status until `done` holds, sampling the peak resident memory meanwhile: the
+    /// last status and the peak in bytes. Panics after `timeout`, naming `what`.
+    pub async fn wait_with_peak_rss(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Value, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut peak = 0;
+        loop {
+            peak = peak.max(self.peak_rss());
+            let s = self.status().await;
+            if done(&s) {
+                return (s, peak.max(self.peak_rss()));
+            }
+            assert!(Instant::now() < deadline, "{what} did not finish: {s:#}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// How many times the process was started.

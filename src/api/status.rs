@@ -228,6 +228,9 @@ pub struct WorkerStatus {
     pub phase: Option<Phase>,
     pub info: String,
     pub error: Option<String>,
+    /// Why the worker stopped, when it is a known condition a tool may act on (e.g. `TargetInUse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
     pub lag_time_seconds: Option<f64>,
     pub events_read: u64,
     pub events_applied: u64,

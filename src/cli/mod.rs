@@ -147,6 +147,33 @@ pub struct OperatorCheckArgs {
     pub json: bool,
 }
 
+impl OperatorArgs {
+    /// The operator's options from these flags.
+    pub fn options(&self) -> crate::operator::Options {
+        crate::operator::Options {
+            namespaces: self.namespaces.clone(),
+            worker_image: self.worker_image.clone(),
+            worker_service_account: self.worker_service_account.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace.clone(),
+            lease_name: self.lease_name.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+impl OperatorCheckArgs {
+    /// The installation check's options from these flags.
+    pub fn options(&self) -> crate::operator::check::CheckOptions {
+        crate::operator::check::CheckOptions {
+            namespaces: self.namespaces.clone(),
+            lease_namespace: self.lease_namespace.clone(),
+            lease_name: self.lease_name.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct EndpointArgs {
     /// Source MongoDB URI (a replica set). Credentials are better given as a file below.
@@ -187,6 +214,15 @@ pub struct WorkerArgs {
     /// Copy throughput the preflight assumes (MB/s, 1 MB = 10^6 bytes). Default 20.
     #[arg(long, env = "MONGOFERRY_THROUGHPUT_MBPS")]
     pub throughput_mbps: Option<f64>,
+    /// The migration job this worker serves (the operator passes the MigrationJob's UID). The
+    /// target records its owner: a worker of another job is refused, never waits to take it
+    /// over. Workers of one job take turns: a new one waits until the running one stops.
+    #[arg(long, env = "MONGOFERRY_JOB_ID", default_value = "standalone")]
+    pub job_id: String,
+    /// A human name of the job for messages (the operator passes `namespace/name`); default
+    /// the job id.
+    #[arg(long, env = "MONGOFERRY_JOB_NAME")]
+    pub job_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +356,14 @@ mod tests {
         let a = operator(&["--worker-service-account", "mf-worker"]).expect("parse");
         assert!(a.namespaces.is_empty(), "default: all namespaces");
         assert_eq!(a.worker_service_account.as_deref(), Some("mf-worker"));
+        let o = operator(&["--namespace=a", "--leader-election", "--identity", "op-1"])
+            .expect("parse")
+            .options();
+        assert_eq!(o.namespaces, vec!["a"]);
+        assert!(o.leader_election);
+        assert_eq!(o.identity.as_deref(), Some("op-1"));
+        assert_eq!(o.lease_name, "mongoferry-operator");
+        assert_eq!(o.metrics_listen, "0.0.0.0:8080");
     }
 
     #[test]
@@ -339,6 +383,12 @@ mod tests {
                 assert_eq!(c.lease_namespace.as_deref(), Some("ops"));
                 assert_eq!(c.lease_name, "lead");
                 assert!(!c.json);
+                let o = c.options();
+                assert_eq!(o.namespaces, vec!["shop", "billing"]);
+                assert_eq!(
+                    (o.lease_namespace.as_deref(), o.lease_name.as_str()),
+                    (Some("ops"), "lead")
+                );
             }
             None => panic!("no subcommand"),
         }

@@ -160,11 +160,7 @@ pub async fn cluster_time(client: &Client, side: Side) -> Result<Timestamp> {
                     .and_then(|d: Document| d.get_timestamp("clusterTime").ok())
             })
         })
-        .ok_or_else(|| {
-            EngineError::Other(format!(
-                "the {side} deployment reports no cluster time; is it a replica set?"
-            ))
-        })
+        .ok_or(EngineError::NotReplicaSet { side })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ impl std::fmt::Display for Side {
     }
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum EngineError {
     #[error("cannot reach the {side} deployment: {detail}. Check the URI, the network and that the server is up")]
     Unreachable { side: Side, detail: String },
@@ -41,10 +41,18 @@ pub enum EngineError {
     },
     #[error("unexpected DDL on the source: {0}")]
     UnexpectedDdl(String),
-    #[error("another worker holds this migration's target (lease held by {holder}, renewed {age_secs}s ago); waiting for it to stop — only one worker may write to a target")]
-    LeaseHeld { holder: String, age_secs: i64 },
-    #[error("another worker took over this migration's target (lease epoch {theirs}, ours {ours}); this worker stopped writing")]
-    Fenced { ours: i64, theirs: i64 },
+    #[error("another worker holds this job's lease on the target ({holder}); waiting up to {wait_secs}s for it to stop or expire — only one worker may write to a target")]
+    LeaseHeld { holder: String, wait_secs: i64 },
+    #[error("the target belongs to another migration job, {owner_name} (id {owner_id}); this job ({me}) will not touch it. Point this job at another target; if {owner_name} is gone for good, drop the target's `mongoferry` database to release the target")]
+    TargetInUse {
+        owner_id: String,
+        owner_name: String,
+        me: String,
+    },
+    #[error("this worker was deposed: another worker took this migration over (our epoch {ours}: {detail}); it stopped writing")]
+    Fenced { ours: i64, detail: String },
+    #[error("this worker does not hold the job (not taken yet, or given up on shutdown); nothing was written")]
+    NotHolding,
     #[error("the {side} deployment's user lacks a privilege: {detail}. See docs/permissions.md for the roles to grant")]
     Unauthorized { side: Side, detail: String },
     #[error("invalid request: {0}")]
@@ -58,12 +66,25 @@ pub enum EngineError {
         #[source]
         source: MongoError,
     },
-    /// A failure already described (e.g. by an applier task) that a retry from the
-    /// checkpoint may overcome: a transient driver error passed between tasks as text.
+    /// The target refused a write for a reason a retry will not change.
+    #[error("{0}")]
+    Write(String),
+    #[error("{what}: cannot encode a record: {detail}")]
+    Encode { what: String, detail: String },
+    #[error("undecodable change event: {0}")]
+    BadEvent(String),
+    #[error("the checkpoint records no start time; start the migration again with reset")]
+    NoStartTime,
+    /// A task of the pipeline ended without its answer (it failed or panicked; its own error
+    /// is logged).
+    #[error("internal: {0} stopped")]
+    TaskStopped(&'static str),
+    /// A transaction the server asked to run again (a write conflict, an aborted transaction).
+    #[error("{0}")]
+    TransientTxn(String),
+    /// A failure already described that a retry from the checkpoint may overcome.
     #[error("{0}")]
     Retry(String),
-    #[error("{0}")]
-    Other(String),
 }
 
 /// How the engine reacts to an error.
@@ -215,18 +236,35 @@ impl EngineError {
         match self {
             EngineError::Unreachable { .. }
             | EngineError::LeaseHeld { .. }
+            | EngineError::TransientTxn(_)
             | EngineError::Retry(_) => ErrorClass::Transient,
             EngineError::Mongo { source, .. } => classify_mongo(source),
             _ => ErrorClass::Fatal,
         }
     }
 
-    /// The same failure as text, keeping its class: for handing an error to another task
-    /// (the driver error itself is not kept).
-    pub fn as_text(&self) -> EngineError {
-        match self.class() {
-            ErrorClass::Transient => EngineError::Retry(self.to_string()),
-            ErrorClass::Fatal => EngineError::Other(self.to_string()),
+    pub const TARGET_IN_USE: &'static str = "TargetInUse";
+    pub const DEPOSED: &'static str = "Deposed";
+    pub const HISTORY_LOST: &'static str = "HistoryLost";
+
+    /// A stable name for a failure a tool may act on (`failureReason` of the status).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            EngineError::TargetInUse { .. } => Some(Self::TARGET_IN_USE),
+            EngineError::Fenced { .. } => Some(Self::DEPOSED),
+            EngineError::HistoryLost { .. } => Some(Self::HISTORY_LOST),
+            _ => None,
+        }
+    }
+
+    /// Whether a fenced transaction that failed with this error may simply run again.
+    pub fn is_transient_txn(&self) -> bool {
+        match self {
+            EngineError::TransientTxn(_) => true,
+            EngineError::Mongo { source, .. } => {
+                source.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+            }
+            _ => false,
         }
     }
 
@@ -245,8 +283,14 @@ impl EngineError {
             EngineError::Invalid(_) => "invalid",
             EngineError::TargetNotEmpty(_) => "target_not_empty",
             EngineError::Mongo { .. } => "mongo",
-            EngineError::Retry(_) => "transient",
-            EngineError::Other(_) => "other",
+            EngineError::TargetInUse { .. } => "target_in_use",
+            EngineError::NotHolding => "not_holding",
+            EngineError::Write(_) => "write",
+            EngineError::Encode { .. } => "encode",
+            EngineError::BadEvent(_) => "bad_event",
+            EngineError::NoStartTime => "no_start_time",
+            EngineError::TaskStopped(_) => "internal",
+            EngineError::TransientTxn(_) | EngineError::Retry(_) => "transient",
         }
     }
 }

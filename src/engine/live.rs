@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use mongodb::bson::Timestamp;
 
-use super::checkpoint::Checkpoint;
 use super::optime;
+use super::store::Checkpoint;
 use crate::api::{CheckpointInfo, InitialSync, Phase, State, WorkerStatus};
 
 #[derive(Default)]
@@ -17,6 +17,7 @@ struct Text {
     phase: Option<Phase>,
     info: String,
     error: Option<String>,
+    reason: Option<String>,
 }
 
 #[derive(Default)]
@@ -105,10 +106,12 @@ impl Live {
         }
     }
 
-    pub fn set_state(&self, s: State, error: Option<String>) {
+    /// The state, with the error and its known reason (`TargetInUse`, …) when failed.
+    pub fn set_state(&self, s: State, error: Option<String>, reason: Option<String>) {
         if let Ok(mut t) = self.text.lock() {
             t.state = s;
             t.error = error;
+            t.reason = reason;
             match s {
                 State::Running | State::Finalizing => {}
                 State::Idle => {
@@ -160,10 +163,18 @@ impl Live {
     }
 
     pub fn status(&self, cp: Option<&Checkpoint>) -> WorkerStatus {
-        let (state, phase, info, error) = self
+        let (state, phase, info, error, reason) = self
             .text
             .lock()
-            .map(|t| (t.state, t.phase, t.info.clone(), t.error.clone()))
+            .map(|t| {
+                (
+                    t.state,
+                    t.phase,
+                    t.info.clone(),
+                    t.error.clone(),
+                    t.reason.clone(),
+                )
+            })
             .unwrap_or_default();
         let applied = self.effective_applied();
         let cloned_bytes = self.cloned_bytes.load(Ordering::Relaxed);
@@ -173,6 +184,7 @@ impl Live {
             phase,
             info,
             error,
+            failure_reason: reason,
             events_read: self.events_read.load(Ordering::Relaxed),
             events_applied: self.events_applied.load(Ordering::Relaxed),
             ..Default::default()

@@ -11,9 +11,9 @@ pub enum Command {
     Finalize,
 }
 
-/// Facts the decision depends on besides the state.
+/// How far the copy is: what the decision depends on besides the state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Facts {
+pub struct Progress {
     /// Every selected collection has been copied.
     pub clone_completed: bool,
     /// Percent of the estimated bytes copied (for the refusal message).
@@ -26,7 +26,7 @@ pub struct Facts {
 pub struct Refusal(pub String);
 
 /// The state a command leads to, or why it is refused.
-pub fn next_state(state: State, cmd: Command, facts: Facts) -> Result<State, Refusal> {
+pub fn next_state(state: State, cmd: Command, progress: Progress) -> Result<State, Refusal> {
     use Command::*;
     use State::*;
     let refuse = |m: String| Err(Refusal(m));
@@ -59,11 +59,11 @@ pub fn next_state(state: State, cmd: Command, facts: Facts) -> Result<State, Ref
         ),
         (Resume { .. }, Running) => refuse("the migration is already running".into()),
         (Resume { .. }, s) => refuse(format!("cannot resume: the migration is {s}, not paused")),
-        (Finalize, Running | Paused) if facts.clone_completed => Ok(Finalizing),
+        (Finalize, Running | Paused) if progress.clone_completed => Ok(Finalizing),
         (Finalize, Running | Paused) => refuse(format!(
             "cannot finalize yet: the initial copy is not complete ({}% copied); wait until \
              status shows initialSync.cloneCompleted",
-            facts.copy_percent
+            progress.copy_percent
         )),
         (Finalize, Finalizing) => refuse("the migration is already finalizing".into()),
         (Finalize, Finalized) => refuse("the migration is already finalized".into()),
@@ -79,11 +79,11 @@ mod tests {
     use Command::*;
     use State::*;
 
-    const DONE: Facts = Facts {
+    const DONE: Progress = Progress {
         clone_completed: true,
         copy_percent: 100,
     };
-    const COPYING: Facts = Facts {
+    const COPYING: Progress = Progress {
         clone_completed: false,
         copy_percent: 42,
     };

@@ -7,7 +7,7 @@ use crate::api::{CheckStatus, PreflightCheck, PreflightEstimate};
 pub const MIN_MAJOR: u32 = 6;
 pub const MAX_TESTED_MAJOR: u32 = 8;
 /// Default copy throughput assumed for the estimate, MB/s.
-pub const DEFAULT_THROUGHPUT_MBPS: f64 = 20.0;
+pub use crate::engine::DEFAULT_THROUGHPUT_MBPS;
 /// The oplog must cover this many times the estimated copy…
 pub const SAFETY_FACTOR: f64 = 2.0;
 /// …plus this margin (listing, index builds, start-up), seconds.

@@ -14,7 +14,7 @@ use super::privileges::{AuthInfo, Outcome, Privilege, Probe, Resource};
 use super::{Facts, Options, Reach, SideFacts};
 use crate::api::PreflightEstimate;
 use crate::engine::catalog;
-use crate::engine::checkpoint::Store;
+
 use crate::engine::error::{is_network, mongo_code, Side};
 use crate::engine::filter::{is_system_db, META_DB};
 
@@ -263,8 +263,8 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
         let d = source.database(db);
         match d.run_command(doc! {"collStats": coll}).await {
             Ok(stats) => {
-                let mut size = catalog::num(stats.get("size"));
-                let count = catalog::num(stats.get("count"));
+                let mut size = crate::engine::reply::num(stats.get("size"));
+                let count = crate::engine::reply::num(stats.get("count"));
                 if count > 0 && size == 0 {
                     // No statistics kept: measure.
                     if let Ok((b, _)) = catalog::estimate(source, db, coll).await {
@@ -397,14 +397,14 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
     let stats = local.run_command(doc! {"collStats": "oplog.rs"}).await.ok();
     let count = stats
         .as_ref()
-        .map(|s| catalog::num(s.get("count")).max(0) as u64)
+        .map(|s| crate::engine::reply::num(s.get("count")).max(0) as u64)
         .unwrap_or(0);
     let used = stats
         .as_ref()
-        .map(|s| catalog::num(s.get("size")).max(0) as u64);
+        .map(|s| crate::engine::reply::num(s.get("size")).max(0) as u64);
     let max_size = stats
         .as_ref()
-        .map(|s| catalog::num(s.get("maxSize")))
+        .map(|s| crate::engine::reply::num(s.get("maxSize")))
         .filter(|m| *m > 0);
     // The capped size as created (bytes on mongod; 16 KiB an entry on SecantusDB).
     let created_size = match local
@@ -419,7 +419,7 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
             .and_then(|s| {
                 s.get_document("options")
                     .ok()
-                    .map(|o| catalog::num(o.get("size")))
+                    .map(|o| crate::engine::reply::num(o.get("size")))
             })
             .filter(|s| *s > 0),
         Err(_) => None,
@@ -625,9 +625,7 @@ async fn occupied(
 }
 
 async fn metadata(target: &Client) -> Option<MetadataFacts> {
-    let store = Store::new(target);
-    let job = store.load().await.ok()?;
-    let collections = store.all_collections().await.ok()?.len() as u64;
+    let (job, collections) = crate::engine::store::earlier_run(target).await.ok()?;
     Some(MetadataFacts {
         job_state: job.map(|j| j.state.as_str().to_string()),
         collections,

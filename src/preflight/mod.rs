@@ -10,40 +10,14 @@ pub mod checks;
 pub mod gather;
 pub mod privileges;
 
-use std::collections::HashSet;
-
 use mongodb::Client;
 
 use crate::api::{PreflightCheck, PreflightEstimate, PreflightReport};
-use crate::engine::filter::{FilterError, NamespaceFilter};
 use checks::{MetadataFacts, Occupied, OplogFacts, Topology, Unsupported};
 use privileges::{AuthInfo, Probe};
 
-/// What to check.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
-    pub drop_target_namespaces: bool,
-    /// An earlier run will be forgotten (its namespaces dropped) before the start.
-    pub reset: bool,
-    /// Assumed copy throughput, MB/s (default [`checks::DEFAULT_THROUGHPUT_MBPS`]).
-    pub throughput_mbps: Option<f64>,
-    /// Target namespaces created by an earlier run of this job (replaced, not refused).
-    pub owned: HashSet<String>,
-}
-
-impl Options {
-    pub fn filter(&self) -> Result<NamespaceFilter, FilterError> {
-        NamespaceFilter::new(&self.include, &self.exclude)
-    }
-
-    pub fn throughput(&self) -> f64 {
-        self.throughput_mbps
-            .filter(|t| *t > 0.0 && t.is_finite())
-            .unwrap_or(checks::DEFAULT_THROUGHPUT_MBPS)
-    }
-}
+/// What to check (defined by the engine, which runs the preflight before a start).
+pub use crate::engine::PreflightOptions as Options;
 
 /// How reaching one side went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,36 +206,17 @@ pub async fn run(source: &Client, target: &Client, opts: &Options) -> PreflightR
     evaluate(&facts, opts)
 }
 
-/// `mongoferry preflight`: connect with the worker's credential flags and run.
-pub async fn cli(
-    a: &crate::cli::PreflightArgs,
-) -> Result<PreflightReport, Box<dyn std::error::Error>> {
-    use crate::engine::error::Side;
-    let (src, dst) = crate::worker::endpoints(&a.endpoints)?;
-    let source = src.client(Side::Source, "mongoferry-preflight").await?;
-    let target = dst.client(Side::Target, "mongoferry-preflight").await?;
-    let opts = Options {
-        include: a.include.clone(),
-        exclude: a.exclude.clone(),
-        drop_target_namespaces: a.drop_target_namespaces,
-        reset: a.reset,
-        throughput_mbps: a.throughput_mbps,
-        owned: HashSet::new(),
-    };
-    opts.filter()?;
-    // Namespaces an earlier run of a job on this target created are replaced, not refused.
-    let mut opts = opts;
-    if let Ok(all) = crate::engine::checkpoint::Store::new(&target)
-        .all_collections()
-        .await
-    {
-        opts.owned = all
-            .into_iter()
-            .filter(|c| c.created)
-            .map(|c| c.ns)
-            .collect();
+/// The preflight as the engine's start gate.
+pub struct Gate {
+    pub source: Client,
+    pub target: Client,
+}
+
+impl crate::engine::StartGate for Gate {
+    fn check(&self, opts: Options) -> futures::future::BoxFuture<'_, PreflightReport> {
+        use futures::FutureExt;
+        async move { run(&self.source, &self.target, &opts).await }.boxed()
     }
-    Ok(run(&source, &target, &opts).await)
 }
 
 /// The report as a readable table.

@@ -2,6 +2,7 @@
 //!
 //! JSON in and out; a refused transition is 409, a malformed body 400, a missing or wrong
 //! token 401 (every endpoint but `/healthz` and `/readyz` needs it when one is configured).
+//! Commands run detached inside the engine: a client that hangs up cancels nothing.
 
 use std::sync::Arc;
 
@@ -255,6 +256,7 @@ async fn readyz(AxState(app): AxState<App>) -> Response {
 }
 
 async fn metrics(AxState(app): AxState<App>) -> Response {
+    app.engine.refresh_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.engine.ctx().metrics.render(),

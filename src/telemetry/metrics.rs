@@ -29,6 +29,8 @@ pub struct Metrics {
     pub verify_documents: IntCounter,
     pub verify_mismatches: IntGauge,
     pub index_restore_failures: IntGauge,
+    /// Fenced write batches, by outcome (read from the fence before each scrape).
+    pub fence_batches: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -55,6 +57,16 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(applier_queue_depth.clone()))
+            .expect("unique metric");
+        let fence_batches = IntGaugeVec::new(
+            Opts::new(
+                "mongoferry_fence_batches",
+                "Fenced write batches of this process: committed, or refused because another worker took the migration over",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(fence_batches.clone()))
             .expect("unique metric");
         let flush_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -181,24 +193,32 @@ impl Metrics {
             ddl_applied,
             errors,
             state,
+            fence_batches,
             registry: r,
         };
         m.set_state(State::Idle);
-        // Make the labelled families visible from the start (at 0).
-        for op in [
-            "create",
-            "createIndexes",
-            "dropIndexes",
-            "modify",
-            "rename",
-            "drop",
-            "dropDatabase",
-        ] {
-            m.ddl_applied.with_label_values(&[op]);
-        }
+        // Make the labelled families visible from the start (at 0); the engine adds the DDL
+        // operations it knows (`Metrics::show_ddl`).
         m.errors.with_label_values(&["mongo"]);
         m.applier_queue_depth.with_label_values(&["0"]);
+        m.set_fence(0, 0);
         m
+    }
+
+    /// Show `mongoferry_ddl_applied_total` at 0 for each of these operations.
+    pub fn show_ddl(&self, operations: &[&str]) {
+        for op in operations {
+            self.ddl_applied.with_label_values(&[op]);
+        }
+    }
+
+    pub fn set_fence(&self, committed: u64, refused: u64) {
+        self.fence_batches
+            .with_label_values(&["committed"])
+            .set(committed as i64);
+        self.fence_batches
+            .with_label_values(&["refused"])
+            .set(refused as i64);
     }
 
     pub fn set_state(&self, s: State) {
@@ -245,7 +265,10 @@ mod tests {
         let documented = crate::test_support::documented_metrics(|n| {
             n.starts_with("mongoferry_") && !n.starts_with("mongoferry_operator_")
         });
-        let mut exported = Metrics::new().names();
+        let m = Metrics::new();
+        // The engine shows its DDL operations at start (`Engine::new`).
+        m.show_ddl(&["create"]);
+        let mut exported = m.names();
         exported.sort();
         assert_eq!(documented, exported);
         let text = Metrics::new().render();

@@ -11,10 +11,10 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 use tokio::sync::Mutex;
 
-use super::catalog;
-use super::error::{MongoContext, Result, Side};
-use super::filter::NamespaceFilter;
-use super::Ctx;
+use super::super::catalog;
+use super::super::ctx::Ctx;
+use super::super::error::{MongoContext, Result, Side};
+use super::super::filter::NamespaceFilter;
 use crate::api::{Mismatch, MismatchKind, VerificationReport, VerifyMode};
 
 /// At most this many mismatches are listed; all are counted.

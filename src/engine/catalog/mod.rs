@@ -2,13 +2,17 @@
 //! how they are created on the target. Index definitions are relaxed during the sync
 //! (unique → non-unique, TTL → disabled, hidden → visible) and restored at finalize.
 
+pub mod build;
+
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
-use super::checkpoint::CollectionEntry;
 use super::error::{mongo_code, EngineError, MongoContext, Result, Side};
 use super::filter::NamespaceFilter;
+use super::reply::num;
+use super::store::fence::Fence;
+use super::store::CollectionEntry;
 
 /// `expireAfterSeconds` used while syncing: the largest value servers accept (~68 years).
 pub const TTL_DISABLED: i32 = i32::MAX;
@@ -128,15 +132,6 @@ pub async fn estimate(source: &Client, db: &str, coll: &str) -> Result<(i64, i64
     Ok(out)
 }
 
-pub fn num(b: Option<&Bson>) -> i64 {
-    match b {
-        Some(Bson::Int32(v)) => i64::from(*v),
-        Some(Bson::Int64(v)) => *v,
-        Some(Bson::Double(v)) => *v as i64,
-        _ => 0,
-    }
-}
-
 /// The `create` command for a catalog entry on the target. Pure.
 pub fn create_command(e: &CollectionEntry) -> Document {
     let mut cmd = doc! {"create": &e.coll};
@@ -158,14 +153,19 @@ pub fn create_command(e: &CollectionEntry) -> Document {
 
 /// Create the collection or view on the target. An existing, empty collection is replaced;
 /// one holding documents is refused unless `owned` (created by an earlier run of this job).
-pub async fn create_on_target(target: &Client, e: &CollectionEntry, owned: bool) -> Result<()> {
+pub async fn create_on_target(
+    target: &Client,
+    fence: &Fence,
+    e: &CollectionEntry,
+    owned: bool,
+) -> Result<()> {
     let existing = target
         .database(&e.db)
         .list_collection_names()
         .filter(doc! {"name": &e.coll})
         .await
         .on(Side::Target, "listing target collections")?;
-    create_on_target_known(target, e, owned, !existing.is_empty()).await
+    create_on_target_known(target, fence, e, owned, !existing.is_empty()).await
 }
 
 /// Names of the target's collections and views in `db` (one `listCollections` for a whole
@@ -186,6 +186,7 @@ pub async fn target_collection_names(
 /// [`create_on_target`] when whether the namespace `exists` on the target is already known.
 pub async fn create_on_target_known(
     target: &Client,
+    fence: &Fence,
     e: &CollectionEntry,
     owned: bool,
     exists: bool,
@@ -200,14 +201,24 @@ pub async fn create_on_target_known(
         if docs > 0 && !owned {
             return Err(EngineError::TargetNotEmpty(e.ns.clone()));
         }
-        db.collection::<Document>(&e.coll)
-            .drop()
-            .await
-            .on(Side::Target, "replacing a target collection")?;
+        let what = "replacing a target collection";
+        fence
+            .ddl(what, async {
+                db.collection::<Document>(&e.coll)
+                    .drop()
+                    .await
+                    .on(Side::Target, what)
+            })
+            .await?;
     }
-    db.run_command(create_command(e))
-        .await
-        .on(Side::Target, &format!("creating {}", e.ns))?;
+    let what = format!("creating {}", e.ns);
+    fence
+        .ddl(&what, async {
+            db.run_command(create_command(e))
+                .await
+                .on(Side::Target, &what)
+        })
+        .await?;
     Ok(())
 }
 
@@ -271,31 +282,31 @@ pub fn normalize_index(spec: &Document) -> Document {
 /// Build relaxed indexes on the target; indexes that already exist are left alone.
 pub async fn create_relaxed_indexes(
     target: &Client,
+    fence: &Fence,
     db: &str,
     coll: &str,
     specs: &[Document],
 ) -> Result<()> {
     for spec in specs {
         let relaxed = relax_index(spec);
-        let r = target
-            .database(db)
-            .run_command(doc! {"createIndexes": coll, "indexes": [relaxed]})
-            .await;
-        match r {
-            Ok(_) => {}
-            // Already there (a replay or a restarted copy): fine.
-            Err(e) if matches!(mongo_code(&e), Some(68 | 85 | 86)) => {}
-            Err(e) => {
-                return Err(EngineError::mongo(
-                    Side::Target,
-                    format!(
-                        "building index {} on {db}.{coll}",
-                        spec.get_str("name").unwrap_or("?")
-                    ),
-                    e,
-                ))
-            }
-        }
+        let what = format!(
+            "building index {} on {db}.{coll}",
+            spec.get_str("name").unwrap_or("?")
+        );
+        fence
+            .ddl(&what, async {
+                let r = target
+                    .database(db)
+                    .run_command(doc! {"createIndexes": coll, "indexes": [relaxed]})
+                    .await;
+                match r {
+                    Ok(_) => Ok(()),
+                    // Already there (a replay or a restarted copy): fine.
+                    Err(e) if matches!(mongo_code(&e), Some(68 | 85 | 86)) => Ok(()),
+                    Err(e) => Err(EngineError::mongo(Side::Target, what.clone(), e)),
+                }
+            })
+            .await?;
     }
     Ok(())
 }

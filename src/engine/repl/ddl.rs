@@ -2,14 +2,15 @@
 //! behind a barrier (every applier has flushed). Index options that the sync relaxes
 //! (unique, TTL, hidden) are recorded as the source defines them and restored at finalize.
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 use tracing::info;
 
-use super::catalog;
-use super::checkpoint::Store;
-use super::error::{mongo_code, EngineError, Result, Side};
-use super::filter::NamespaceFilter;
+use super::super::catalog;
+use super::super::ctx::Ctx;
+use super::super::error::{mongo_code, EngineError, Result, Side};
+use super::super::filter::NamespaceFilter;
+use super::super::store::{CollectionEntry, Store};
 use super::translate::event_ns;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +130,7 @@ pub fn decide(ev: &Document, filter: &NamespaceFilter) -> DdlDecision {
     match op {
         "create" => {
             let is_view = desc.contains_key("viewOn");
-            let entry = super::checkpoint::CollectionEntry {
+            let entry = CollectionEntry {
                 coll: coll.clone(),
                 kind: if is_view { "view" } else { "collection" }.into(),
                 options: desc.clone(),
@@ -227,26 +228,42 @@ pub fn split_modify(desc: &Document) -> (Option<Document>, Document) {
 /// Codes that mean the target is already past this DDL (a replay): skip.
 const ALREADY_DONE: &[i32] = &[26, 27, 48, 68, 85, 86, 167];
 
-async fn run(target: &Client, db: &str, cmd: Document, what: &str) -> Result<()> {
-    match target.database(db).run_command(cmd).await {
-        Ok(_) => Ok(()),
-        Err(e) if mongo_code(&e).is_some_and(|c| ALREADY_DONE.contains(&c)) => Ok(()),
-        Err(e) => Err(EngineError::mongo(Side::Target, what, e)),
-    }
+/// Run a DDL command on the target, fenced; a replay the target is already past is fine.
+async fn run(ctx: &Ctx, db: &str, cmd: Document, what: &str) -> Result<()> {
+    let target = &ctx.target;
+    ctx.store
+        .fence()
+        .ddl(what, async {
+            match target.database(db).run_command(cmd).await {
+                Ok(_) => Ok(()),
+                Err(e) if mongo_code(&e).is_some_and(|c| ALREADY_DONE.contains(&c)) => Ok(()),
+                Err(e) => Err(EngineError::mongo(Side::Target, what, e)),
+            }
+        })
+        .await
 }
 
-/// Apply one DDL operation to the target and the index catalog.
+/// What applying a DDL operation left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// A collection was recorded to be copied anew: the copy stage must run before
+    /// replication goes on.
+    NeedsCopy,
+}
+
+/// Apply one DDL operation (of the event at `ts`) to the target and the index catalog.
 pub async fn apply(
-    source: &Client,
-    target: &Client,
-    store: &Store,
+    ctx: &Ctx,
     filter: &NamespaceFilter,
     op: &DdlOp,
-) -> Result<()> {
+    ts: Timestamp,
+) -> Result<Applied> {
+    let (source, store) = (&ctx.source, &ctx.store);
     info!(op = op.name(), detail = ?ddl_summary(op), "applying DDL");
     match op {
         DdlOp::Create { db, coll, cmd, .. } => {
-            run(target, db, doc! {"drop": coll}, "replaying a create").await?;
+            run(ctx, db, doc! {"drop": coll}, "replaying a create").await?;
             store
                 .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
                 .await?;
@@ -256,7 +273,22 @@ pub async fn apply(
                 // from the source (a later drop or modify replays on top of it).
                 cmd.extend(current_options(source, db, coll).await?);
             }
-            run(target, db, cmd, &format!("creating {db}.{coll}")).await
+            run(ctx, db, cmd, &format!("creating {db}.{coll}")).await?;
+            // Recorded as this job's own (a reset drops it), with nothing left to copy.
+            store
+                .upsert_collection(&CollectionEntry {
+                    ns: format!("{db}.{coll}"),
+                    db: db.clone(),
+                    coll: coll.clone(),
+                    kind: if op_is_view(op) { "view" } else { "collection" }.into(),
+                    capped: matches!(op, DdlOp::Create { capped: true, .. }),
+                    created: true,
+                    planned: true,
+                    copied: true,
+                    indexes_built: true,
+                    ..Default::default()
+                })
+                .await?;
         }
         DdlOp::CreateIndexes { db, coll, specs } => {
             let ns = format!("{db}.{coll}");
@@ -265,14 +297,15 @@ pub async fn apply(
                 .filter(|s| s.get_str("name") != Ok("_id_"))
                 .cloned()
                 .collect();
-            store.save_index_specs(&ns, &specs).await?;
-            catalog::create_relaxed_indexes(target, db, coll, &specs).await
+            let normalized: Vec<Document> = specs.iter().map(catalog::normalize_index).collect();
+            store.save_index_specs(&ns, &normalized).await?;
+            catalog::create_relaxed_indexes(&ctx.target, store.fence(), db, coll, &specs).await?;
         }
         DdlOp::DropIndexes { db, coll, names } => {
             let ns = format!("{db}.{coll}");
             for n in names {
                 run(
-                    target,
+                    ctx,
                     db,
                     doc! {"dropIndexes": coll, "index": n},
                     &format!("dropping index {n} of {ns}"),
@@ -282,7 +315,6 @@ pub async fn apply(
                     .delete_indexes(doc! {"_id": format!("{ns}#{n}")})
                     .await?;
             }
-            Ok(())
         }
         DdlOp::Modify { db, coll, desc } => {
             let ns = format!("{db}.{coll}");
@@ -298,12 +330,11 @@ pub async fn apply(
             } else {
                 now
             };
-            if now.is_empty() {
-                return Ok(());
+            if !now.is_empty() {
+                let mut cmd = doc! {"collMod": coll};
+                cmd.extend(now);
+                run(ctx, db, cmd, &format!("modifying {ns}")).await?;
             }
-            let mut cmd = doc! {"collMod": coll};
-            cmd.extend(now);
-            run(target, db, cmd, &format!("modifying {ns}")).await
         }
         DdlOp::Rename {
             db,
@@ -313,7 +344,7 @@ pub async fn apply(
         } => {
             let (from, to) = (format!("{db}.{coll}"), format!("{to_db}.{to_coll}"));
             run(
-                target,
+                ctx,
                 "admin",
                 doc! {"renameCollection": &from, "to": &to, "dropTarget": true},
                 &format!("renaming {from} to {to}"),
@@ -331,38 +362,95 @@ pub async fn apply(
                 e.id = format!("{to}#{}", e.name);
                 store.save_index(&e).await?;
             }
-            Ok(())
+            if let Some(mut entry) = store.collection(&from).await? {
+                store.forget_collection(&from).await?;
+                entry.ns = to.clone();
+                entry.db = to_db.clone();
+                entry.coll = to_coll.clone();
+                store.upsert_collection(&entry).await?;
+            }
         }
         DdlOp::Drop { db, coll } => {
-            store
-                .delete_indexes(doc! {"ns": format!("{db}.{coll}")})
-                .await?;
             run(
-                target,
+                ctx,
                 db,
                 doc! {"drop": coll},
                 &format!("dropping {db}.{coll}"),
             )
-            .await
+            .await?;
+            store.forget_collection(&format!("{db}.{coll}")).await?;
         }
-        DdlOp::Recopy { db, coll } => {
-            super::copy::recopy_collection(source, target, store, db, coll).await
-        }
+        DdlOp::Recopy { db, coll } => return request_copy(ctx, db, coll, ts).await,
         DdlOp::DropDatabase { db } => {
-            let names = target
+            let names = ctx
+                .target
                 .database(db)
                 .list_collection_names()
                 .await
                 .map_err(|e| EngineError::mongo(Side::Target, "dropping a database", e))?;
             for c in names.iter().filter(|c| filter.selected(db, c)) {
-                store
-                    .delete_indexes(doc! {"ns": format!("{db}.{c}")})
-                    .await?;
-                run(target, db, doc! {"drop": c}, &format!("dropping {db}.{c}")).await?;
+                run(ctx, db, doc! {"drop": c}, &format!("dropping {db}.{c}")).await?;
+                store.forget_collection(&format!("{db}.{c}")).await?;
             }
-            Ok(())
         }
     }
+    Ok(Applied::Done)
+}
+
+fn op_is_view(op: &DdlOp) -> bool {
+    matches!(op, DdlOp::Create { cmd, .. } if cmd.contains_key("viewOn"))
+}
+
+/// Record that `db.coll` must be copied anew from the source (it was renamed into the
+/// selection, or a rename was replayed while catching up with a copy), and replace it on the
+/// target by an empty collection with the source's options. The copy itself runs as the copy
+/// stage — outside the DDL barrier, cancellable, resumable by partition — before replication
+/// goes on from this event. Replaying the same event again (a restart) finds the request
+/// recorded and asks nothing more.
+async fn request_copy(ctx: &Ctx, db: &str, coll: &str, ts: Timestamp) -> Result<Applied> {
+    let ns = format!("{db}.{coll}");
+    let store = &ctx.store;
+    if store
+        .collection(&ns)
+        .await?
+        .is_some_and(|e| e.recopy_ts == Some(ts))
+    {
+        return Ok(Applied::Done);
+    }
+    let specs = catalog::list_collection_specs(&ctx.source, db).await?;
+    let spec = specs.into_iter().find(|s| s.get_str("name") == Ok(coll));
+    store.forget_collection(&ns).await?;
+    run(ctx, db, doc! {"drop": coll}, &format!("dropping {ns}")).await?;
+    let Some(spec) = spec else {
+        // Gone from the source since: a later event drops or renames it.
+        return Ok(Applied::Done);
+    };
+    let options = spec.get_document("options").cloned().unwrap_or_default();
+    let kind = spec.get_str("type").unwrap_or("collection").to_string();
+    let mut e = CollectionEntry {
+        ns: ns.clone(),
+        db: db.to_string(),
+        coll: coll.to_string(),
+        capped: options.get_bool("capped").unwrap_or(false),
+        options,
+        recopy_ts: Some(ts),
+        ..Default::default()
+    };
+    e.kind = kind;
+    catalog::create_on_target_known(&ctx.target, store.fence(), &e, true, false).await?;
+    e.created = true;
+    if e.kind != "collection" {
+        // A view: created, nothing to copy.
+        e.copied = true;
+        store.upsert_collection(&e).await?;
+        return Ok(Applied::Done);
+    }
+    let (b, n) = catalog::estimate(&ctx.source, db, coll).await?;
+    e.size_bytes = b;
+    e.documents = n;
+    store.upsert_collection(&e).await?;
+    info!(ns = %ns, "collection to be copied anew");
+    Ok(Applied::NeedsCopy)
 }
 
 /// The `collMod`-able options of a source collection or view, as they are now.

@@ -11,8 +11,8 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
-use super::checkpoint::PartitionEntry;
-use super::error::{MongoContext, Result, Side};
+use super::super::error::{MongoContext, Result, Side};
+use super::super::store::PartitionEntry;
 
 /// The BSON comparison brackets `_id` values can fall into, in BSON sort order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,7 +210,7 @@ pub async fn census(source: &Client, db: &str, coll: &str) -> Option<TypeCensus>
         .filter_map(|r| {
             Some((
                 r.get_str("_id").ok()?.to_string(),
-                super::catalog::num(r.get("n")),
+                super::super::reply::num(r.get("n")),
             ))
         })
         .collect();
@@ -247,13 +247,13 @@ pub async fn split_points(
             Ok(None) => break,
             // Dropped meanwhile: the split points found so far still cut the data that remains.
             Err(e)
-                if super::error::mongo_code(&e)
-                    .is_some_and(|c| super::error::COLLECTION_GONE_CODES.contains(&c)) =>
+                if super::super::error::mongo_code(&e)
+                    .is_some_and(|c| super::super::error::COLLECTION_GONE_CODES.contains(&c)) =>
             {
                 break
             }
             Err(e) => {
-                return Err(super::error::EngineError::mongo(
+                return Err(super::super::error::EngineError::mongo(
                     Side::Source,
                     "planning copy partitions",
                     e,

@@ -10,13 +10,15 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod verify;
+
 use super::catalog;
-use super::checkpoint::{Checkpoint, IndexEntry};
+use super::ctx::Ctx;
 use super::error::{mongo_code, EngineError, Result, Side};
 use super::filter::NamespaceFilter;
 use super::optime;
-use super::verify;
-use super::Ctx;
+use super::store::fence::Fence;
+use super::store::{Checkpoint, IndexEntry};
 use crate::api::{FinalizationReport, IndexFailure, State, VerifyMode};
 
 pub fn started_report(cutoff: Timestamp, blocked: bool) -> FinalizationReport {
@@ -79,7 +81,7 @@ async fn save_step(
 pub async fn run(
     ctx: &Arc<Ctx>,
     cp: &Arc<Mutex<Checkpoint>>,
-    _cancel: &CancellationToken,
+    cancel: &CancellationToken,
 ) -> Result<()> {
     let (mode, filter) = {
         let c = cp.lock().await;
@@ -96,9 +98,14 @@ pub async fn run(
     let mut restored = 0u64;
     let mut failed = Vec::new();
     for e in &entries {
-        match restore_index(&ctx.target, e).await {
+        if cancel.is_cancelled() {
+            // Shutdown: the restarted worker restores and verifies again.
+            return Ok(());
+        }
+        match restore_index(&ctx.target, ctx.store.fence(), e).await {
             Ok(()) => restored += 1,
-            Err(reason) => {
+            Err(RestoreError::Engine(e)) => return Err(e),
+            Err(RestoreError::Refused(reason)) => {
                 warn!(ns = %e.ns, index = %e.name, %reason, "index not restored");
                 failed.push(IndexFailure {
                     namespace: e.ns.clone(),
@@ -117,6 +124,9 @@ pub async fn run(
         r.step = "verifying".into();
     })
     .await?;
+    if cancel.is_cancelled() {
+        return Ok(());
+    }
     let report = verify::run(ctx, &filter, mode).await?;
     info!(
         mode = ?mode,
@@ -182,13 +192,35 @@ async fn source_indexes(ctx: &Ctx, filter: &NamespaceFilter) -> Result<Vec<Index
     Ok(out)
 }
 
+/// Why an index was not restored: the target refused the definition (reported, the
+/// finalize goes on), or the engine cannot write at all (the finalize stops).
+enum RestoreError {
+    Refused(String),
+    Engine(EngineError),
+}
+
+impl From<EngineError> for RestoreError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Mongo { source, .. } => RestoreError::Refused(source.to_string()),
+            other => RestoreError::Engine(other),
+        }
+    }
+}
+
 /// Bring one target index to its source definition: `collMod` where the server can change
-/// the option in place, else drop and rebuild. Returns the reason when it cannot.
-async fn restore_index(target: &Client, e: &IndexEntry) -> std::result::Result<(), String> {
-    let (db, coll) = e.ns.split_once('.').ok_or("bad namespace")?;
+/// the option in place, else drop and rebuild.
+async fn restore_index(
+    target: &Client,
+    fence: &Fence,
+    e: &IndexEntry,
+) -> std::result::Result<(), RestoreError> {
+    let (db, coll) =
+        e.ns.split_once('.')
+            .ok_or_else(|| RestoreError::Refused("bad namespace".into()))?;
     let current = catalog::list_indexes(target, Side::Target, db, coll)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RestoreError::Engine)?;
     let cur = current
         .iter()
         .find(|s| s.get_str("name") == Ok(e.name.as_str()))
@@ -198,38 +230,71 @@ async fn restore_index(target: &Client, e: &IndexEntry) -> std::result::Result<(
         return Ok(());
     }
     let d = target.database(db);
-    if cur.is_some() && try_coll_mod(target, db, coll, &e.name, &want).await.is_ok() {
-        let now = catalog::list_indexes(target, Side::Target, db, coll)
-            .await
-            .map_err(|e| e.to_string())?;
-        if now.iter().any(|s| {
-            s.get_str("name") == Ok(e.name.as_str()) && catalog::normalize_index(s) == want
-        }) {
-            return Ok(());
-        }
-    }
-    // Rebuild from the source definition.
+    let what = format!("restoring index {} of {}", e.name, e.ns);
     if cur.is_some() {
-        d.run_command(doc! {"dropIndexes": coll, "index": &e.name})
+        let modified = fence
+            .ddl(&what, async {
+                try_coll_mod(target, db, coll, &e.name, &want)
+                    .await
+                    .map_err(|err| EngineError::mongo(Side::Target, what.clone(), err))
+            })
+            .await;
+        match modified {
+            Ok(()) => {
+                let now = catalog::list_indexes(target, Side::Target, db, coll)
+                    .await
+                    .map_err(RestoreError::Engine)?;
+                if now.iter().any(|s| {
+                    s.get_str("name") == Ok(e.name.as_str()) && catalog::normalize_index(s) == want
+                }) {
+                    return Ok(());
+                }
+            }
+            Err(EngineError::Mongo { .. }) => {}
+            Err(other) => return Err(RestoreError::Engine(other)),
+        }
+        // Rebuild from the source definition.
+        fence
+            .ddl(&what, async {
+                d.run_command(doc! {"dropIndexes": coll, "index": &e.name})
+                    .await
+                    .map_err(|err| EngineError::mongo(Side::Target, what.clone(), err))
+            })
             .await
-            .map_err(|err| format!("could not drop the relaxed index to rebuild it: {err}"))?;
+            .map_err(|err| match RestoreError::from(err) {
+                RestoreError::Refused(m) => RestoreError::Refused(format!(
+                    "could not drop the relaxed index to rebuild it: {m}"
+                )),
+                other => other,
+            })?;
     }
-    match d
-        .run_command(doc! {"createIndexes": coll, "indexes": [want.clone()]})
-        .await
-    {
+    let built = fence
+        .ddl(&what, async {
+            Ok(
+                d.run_command(doc! {"createIndexes": coll, "indexes": [want.clone()]})
+                    .await,
+            )
+        })
+        .await?;
+    match built {
         Ok(_) => Ok(()),
         Err(err) => {
             // Keep the relaxed index so queries still have it.
-            let _ = d
-                .run_command(doc! {"createIndexes": coll, "indexes": [catalog::relax_index(&want)]})
-                .await;
+            let relaxed = catalog::relax_index(&want);
+            fence
+                .ddl(&what, async {
+                    let _ = d
+                        .run_command(doc! {"createIndexes": coll, "indexes": [relaxed]})
+                        .await;
+                    Ok(())
+                })
+                .await?;
             let msg = err.to_string();
-            Err(if mongo_code(&err) == Some(11000) {
+            Err(RestoreError::Refused(if mongo_code(&err) == Some(11000) {
                 format!("the target holds duplicate keys for this unique index: {msg}")
             } else {
                 msg
-            })
+            }))
         }
     }
 }

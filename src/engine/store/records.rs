@@ -1,0 +1,103 @@
+//! The records the engine keeps in the target's `mongoferry` database: the job document
+//! (the checkpoint), the collection catalog, copy partitions and the source index definitions.
+
+use mongodb::bson::{DateTime, Document, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{FinalizationReport, StartRequest, State};
+
+/// The job document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Checkpoint {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub epoch: i64,
+    pub state: State,
+    pub error: Option<String>,
+    /// Filters and tuning given at start; kept so a restarted worker runs as before.
+    pub options: StartRequest,
+    /// Source cluster time taken before listing: replication starts here.
+    pub start_ts: Option<Timestamp>,
+    pub catalog_done: bool,
+    pub clone_completed: bool,
+    /// Source cluster time when the copy finished: replication past it = consistent.
+    pub copy_finish_ts: Option<Timestamp>,
+    /// Every event before this op time is durably applied: resume point.
+    pub resume_ts: Option<Timestamp>,
+    pub events_applied: i64,
+    pub events_read: i64,
+    pub estimated_bytes: i64,
+    pub estimated_docs: i64,
+    pub collections_total: i64,
+    pub saved_at: Option<DateTime>,
+    pub finalization: Option<FinalizationReport>,
+    /// Set once finalize was requested: the cutoff op time.
+    pub cutoff_ts: Option<Timestamp>,
+    pub verify_mode: Option<crate::api::VerifyMode>,
+    pub warnings: Vec<String>,
+    /// A reset is under way: the namespaces of the earlier run are being dropped and its
+    /// records cleared. Saved before the first drop, so a worker restarted in between
+    /// finishes the reset instead of replicating onto half-dropped data.
+    pub resetting: bool,
+    /// The latest end of any copy (the initial one or a copy anew): renames replayed up to
+    /// here are copied anew rather than renamed (see `repl::ddl::during_catch_up`).
+    pub catch_up_ts: Option<Timestamp>,
+    /// Why the job failed, when it is a known condition a tool may act on.
+    pub failure_reason: Option<String>,
+}
+
+/// One collection (or view) selected for the migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CollectionEntry {
+    /// `db.coll`
+    #[serde(rename = "_id")]
+    pub ns: String,
+    pub db: String,
+    pub coll: String,
+    /// `collection` or `view`.
+    pub kind: String,
+    /// `listCollections` options, as the source reports them.
+    pub options: Document,
+    pub capped: bool,
+    pub size_bytes: i64,
+    pub documents: i64,
+    pub created: bool,
+    pub planned: bool,
+    pub copied: bool,
+    pub indexes_built: bool,
+    /// Set when replication asked for this collection to be copied anew (a rename into the
+    /// selection): the time of that event. Replaying the event again finds it set and does
+    /// not ask twice.
+    pub recopy_ts: Option<Timestamp>,
+}
+
+/// One `_id` range of a collection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PartitionEntry {
+    /// `<ns>#<index>`
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub ns: String,
+    pub index: i32,
+    pub filter: Document,
+    /// Sort by `$natural` in one ordered stream (capped collections).
+    pub natural: bool,
+    pub done: bool,
+    pub documents: i64,
+    pub bytes: i64,
+}
+
+/// The source definition of an index, restored at finalize.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IndexEntry {
+    /// `<ns>#<name>`
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub ns: String,
+    pub name: String,
+    pub spec: Document,
+}
