@@ -9,138 +9,40 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use mongoferry_e2e::controlplane::ControlPlane;
-use mongoferry_e2e::servers::{free_port, MongoServer, ServerOptions, User};
+use mongoferry_e2e::fixtures::{auth_server, Operator};
+use mongoferry_e2e::kubectl::{repo_root, Kubectl, CRD};
+use mongoferry_e2e::servers::{MongoServer, User};
+use mongoferry_e2e::wait::wait_for_or;
 use mongoferry_e2e::worker::binary;
-use serde_json::Value;
 
 const PASSWORD: &str = "Im4ge-Pa55-quux";
 
 async fn server() -> MongoServer {
-    MongoServer::start(ServerOptions {
-        auth_users: vec![User::new("ferry", PASSWORD, &[("root", "admin")])],
-        ..ServerOptions::rust()
-    })
-    .await
-    .expect("start SecantusDB")
+    auth_server(vec![User::new("ferry", PASSWORD, &[("root", "admin")])]).await
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+fn apply(k: &Kubectl, yaml: &str) {
+    k.apply(yaml)
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
 }
 
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
-    let out = cp.kubectl(args).map_err(|e| e.to_string())?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
-    }
-}
-
-fn apply(cp: &ControlPlane, yaml: &str) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let path = cp
-        .state_dir
-        .join(format!("apply-{}.yaml", N.fetch_add(1, Ordering::SeqCst)));
-    std::fs::write(&path, yaml).expect("write manifest");
-    kubectl(cp, &["apply", "-f", &path.display().to_string()]).expect("kubectl apply");
-}
-
-fn get(cp: &ControlPlane, kind: &str, name: &str) -> Option<Value> {
-    kubectl(cp, &["get", kind, name, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; {}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn install_crd(cp: &ControlPlane) {
-    let crd = root().join("crds/mongoferry.io_migrationjobs.yaml");
-    kubectl(cp, &["apply", "-f", &crd.display().to_string()]).expect("CRD");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/migrationjobs.mongoferry.io",
-            "--timeout=30s",
-        ],
-    ) {
-        assert!(Instant::now() < deadline, "CRD not established: {e}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// The operator as a local process (admin kubeconfig); its worker pods run from the image.
-struct Operator(Child);
-
-impl Operator {
-    fn start(cp: &ControlPlane) -> Operator {
-        let log = std::fs::File::create(cp.state_dir.join("operator.log")).expect("log");
-        let port = free_port().expect("port");
-        let child = Command::new(binary())
-            .args([
-                "operator",
-                "--worker-image",
-                "ghcr.io/mongoferry/mongoferry:dev",
-            ])
-            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn operator");
-        Operator(child)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn credentials_and_job(cp: &ControlPlane, src: &MongoServer, dst: &MongoServer, worker: &str) {
+fn credentials_and_job(k: &Kubectl, src: &MongoServer, dst: &MongoServer, worker: &str) {
     for side in ["source", "target"] {
         apply(
-            cp,
+            k,
             &format!(
                 "apiVersion: v1\nkind: Secret\nmetadata: {{name: {side}-credentials}}\nstringData: {{username: ferry, password: {PASSWORD:?}}}\n"
             ),
         );
     }
     apply(
-        cp,
+        k,
         &format!(
             "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata: {{name: mig}}\nspec:\n  source:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: source-credentials}}\n  target:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: target-credentials}}\n{worker}",
             src.host(),
@@ -206,7 +108,7 @@ fn write_to_container_root(pid: u32) -> io::Result<()> {
 }
 
 fn image_digest() -> String {
-    let path = root().join("target/image/mongoferry-dev.oci.tar.digest");
+    let path = repo_root().join("target/image/mongoferry-dev.oci.tar.digest");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .trim()
@@ -221,7 +123,8 @@ fn image_digest() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_container_has_a_read_only_root_and_reads_secrets_at_their_mount_path() {
     let cp = ControlPlane::start(&binary()).expect("control plane");
-    install_crd(&cp);
+    let k = Kubectl::new(&cp);
+    k.install_crd(CRD);
     let (src, dst) = (server().await, server().await);
     let c = src.client();
     let docs: Vec<Document> = (0..500).map(|i| doc! {"_id": i, "v": "x"}).collect();
@@ -230,17 +133,20 @@ async fn worker_container_has_a_read_only_root_and_reads_secrets_at_their_mount_
         .insert_many(docs)
         .await
         .expect("seed");
-    let _op = Operator::start(&cp);
-    credentials_and_job(&cp, &src, &dst, "");
+    let _op = Operator::start(&cp, "op", false);
+    credentials_and_job(&k, &src, &dst, "");
 
-    let job = wait_for(
+    let job = wait_for_or(
         "MigrationJob replicating (worker authenticated with its Secret files)",
         Duration::from_secs(180),
-        || get(&cp, "mj", "mig").filter(|j| j["status"]["phase"] == "replicating"),
+        || {
+            k.get("mj", "mig")
+                .filter(|j| j["status"]["phase"] == "replicating")
+        },
         || {
             format!(
                 "job {}; worker log: {}",
-                get(&cp, "mj", "mig")
+                k.get("mj", "mig")
                     .map(|j| j["status"].to_string())
                     .unwrap_or_default(),
                 cp.pod_log("default", "mig-worker", "worker")
@@ -250,7 +156,7 @@ async fn worker_container_has_a_read_only_root_and_reads_secrets_at_their_mount_
     .await;
     println!("job status: {}", job["status"]);
 
-    let pod = get(&cp, "pod", "mig-worker").expect("worker pod");
+    let pod = k.get("pod", "mig-worker").expect("worker pod");
     let cs = &pod["status"]["containerStatuses"][0];
     let image_id = cs["imageID"].as_str().unwrap_or_default();
     assert!(
@@ -291,20 +197,18 @@ async fn worker_container_has_a_read_only_root_and_reads_secrets_at_their_mount_
     );
     println!("write to / inside the worker container: {err}");
 
-    let version = kubectl(
-        &cp,
-        &[
+    let version = k
+        .run(&[
             "exec",
             "mig-worker",
             "--",
             "/usr/local/bin/mongoferry",
             "--version",
-        ],
-    )
-    .expect("kubectl exec in the worker");
+        ])
+        .expect("kubectl exec in the worker");
     assert!(version.contains("mongoferry"), "{version}");
-    let hosts = kubectl(&cp, &["exec", "mig-worker", "--", "/no/such/binary"]);
-    assert!(hosts.is_err(), "exec of a missing binary succeeded");
+    let missing = k.run(&["exec", "mig-worker", "--", "/no/such/binary"]);
+    assert!(missing.is_err(), "exec of a missing binary succeeded");
 }
 
 /// Acceptance 3 (runAsNonRoot): a pod whose image user is 0 is refused with the kubelet's
@@ -312,20 +216,21 @@ async fn worker_container_has_a_read_only_root_and_reads_secrets_at_their_mount_
 /// under the same securityContext runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
-    let out = Command::new(root().join("e2e/scripts/build-testbox.sh"))
+    let out = Command::new(repo_root().join("e2e/scripts/build-testbox.sh"))
         .output()
         .expect("build-testbox.sh");
     assert!(out.status.success(), "{out:?}");
     let testbox = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
     let cp = ControlPlane::start_with_images(&binary(), &[("mongoferry/testbox", &testbox)])
         .expect("control plane");
+    let k = Kubectl::new(&cp);
     let pod = |name: &str, image: &str, command: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  securityContext: {{runAsNonRoot: true}}\n  containers:\n  - name: main\n    image: {image}\n    {command}\n"
         )
     };
     apply(
-        &cp,
+        &k,
         &pod(
             "rootimage",
             "ghcr.io/mongoferry/testbox:1",
@@ -333,7 +238,7 @@ async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
         ),
     );
     apply(
-        &cp,
+        &k,
         &pod(
             "ours",
             "ghcr.io/mongoferry/mongoferry:0.1.0",
@@ -341,11 +246,11 @@ async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
         ),
     );
 
-    let waiting = wait_for(
+    let waiting = wait_for_or(
         "rootimage refused",
         Duration::from_secs(60),
         || {
-            get(&cp, "pod", "rootimage").and_then(|p| {
+            k.get("pod", "rootimage").and_then(|p| {
                 let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
                 (w["reason"] == "CreateContainerConfigError").then_some(w)
             })
@@ -353,7 +258,7 @@ async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
         || {
             format!(
                 "{:?}",
-                get(&cp, "pod", "rootimage").map(|p| p["status"].clone())
+                k.get("pod", "rootimage").map(|p| p["status"].clone())
             )
         },
     )
@@ -363,33 +268,34 @@ async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
         msg.contains("runAsNonRoot and image will run as root"),
         "message: {msg}"
     );
-    let events = kubectl(
-        &cp,
-        &[
+    let events = k
+        .run(&[
             "get",
             "events",
             "--field-selector",
             "involvedObject.name=rootimage",
             "-o",
             "json",
-        ],
-    )
-    .unwrap_or_default();
+        ])
+        .unwrap_or_default();
     assert!(
         events.contains("image will run as root"),
         "no Failed event: {events}"
     );
 
-    wait_for(
+    wait_for_or(
         "the project's image (user 65532) runs under runAsNonRoot",
         Duration::from_secs(60),
-        || get(&cp, "pod", "ours").filter(|p| p["status"]["phase"] == "Succeeded"),
-        || format!("{:?}", get(&cp, "pod", "ours").map(|p| p["status"].clone())),
+        || {
+            k.get("pod", "ours")
+                .filter(|p| p["status"]["phase"] == "Succeeded")
+        },
+        || format!("{:?}", k.get("pod", "ours").map(|p| p["status"].clone())),
     )
     .await;
-    let log = kubectl(&cp, &["logs", "ours"]).expect("logs");
+    let log = k.run(&["logs", "ours"]).expect("logs");
     assert!(log.starts_with("mongoferry "), "{log}");
-    let p = get(&cp, "pod", "rootimage").expect("pod");
+    let p = k.get("pod", "rootimage").expect("pod");
     assert_eq!(p["status"]["phase"], "Pending");
     assert!(
         cp.pod_log("default", "rootimage", "main").is_empty(),
@@ -404,7 +310,8 @@ async fn run_as_non_root_refuses_an_image_whose_user_is_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
     let cp = ControlPlane::start(&binary()).expect("control plane");
-    install_crd(&cp);
+    let k = Kubectl::new(&cp);
+    k.install_crd(CRD);
     let (src, dst) = (server().await, server().await);
     let coll = src
         .client()
@@ -419,19 +326,19 @@ async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
             .collect();
         coll.insert_many(docs).await.expect("seed 1 MB documents");
     }
-    let _op = Operator::start(&cp);
+    let _op = Operator::start(&cp, "op", false);
     credentials_and_job(
-        &cp,
+        &k,
         &src,
         &dst,
         "  worker:\n    resources: {limits: {memory: 64Mi}, requests: {memory: 64Mi}}\n",
     );
 
-    let last = wait_for(
+    let last = wait_for_or(
         "worker OOMKilled and restarted",
         Duration::from_secs(180),
         || {
-            let p = get(&cp, "pod", "mig-worker")?;
+            let p = k.get("pod", "mig-worker")?;
             let cs = p["status"]["containerStatuses"][0].clone();
             (cs["restartCount"].as_i64().unwrap_or(0) >= 1
                 && cs["lastState"]["terminated"]["reason"] == "OOMKilled")
@@ -440,7 +347,7 @@ async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
         || {
             format!(
                 "pod {:?}; worker log: {}",
-                get(&cp, "pod", "mig-worker").map(|p| p["status"].clone()),
+                k.get("pod", "mig-worker").map(|p| p["status"].clone()),
                 cp.pod_log("default", "mig-worker", "worker")
             )
         },
@@ -455,11 +362,11 @@ async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
             .unwrap_or_default()
     );
 
-    let job = wait_for(
+    let job = wait_for_or(
         "MigrationJob Failed=True WorkerPodFailing (OOMKilled) with the restarts",
         Duration::from_secs(120),
         || {
-            get(&cp, "mj", "mig").filter(|j| {
+            k.get("mj", "mig").filter(|j| {
                 let failed = j["status"]["conditions"]
                     .as_array()
                     .and_then(|cs| cs.iter().find(|c| c["type"] == "Failed"))
@@ -474,7 +381,7 @@ async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
                     && j["status"]["workerPod"]["restarts"].as_i64().unwrap_or(0) >= 1
             })
         },
-        || format!("{:?}", get(&cp, "mj", "mig").map(|j| j["status"].clone())),
+        || format!("{:?}", k.get("mj", "mig").map(|j| j["status"].clone())),
     )
     .await;
     println!("job status: {}", job["status"]);
