@@ -416,11 +416,6 @@ mod tests {
         assert_eq!(o.retry_annotation.as_deref(), Some("r2"));
         assert_eq!(o.reset_annotation.as_deref(), Some("x"));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn a_crash_looping_worker_names_its_last_termination() {
