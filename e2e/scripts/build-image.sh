@@ -5,7 +5,8 @@
 #   e2e/scripts/build-image.sh --binary PATH        pack this binary instead (tests pack the
 #                                                   debug build; a dynamic binary gets exactly
 #                                                   the shared libraries ldd lists)
-#   options: --out FILE  --tag TAG  --version V  --user UID:GID  --quiet
+#   options: --out FILE  --tag TAG  --version V  --user UID:GID  --strip  --quiet
+#   (the release build is always packed without its debug info: objcopy --strip-debug)
 #
 # Layout (the same as deploy/Dockerfile): FROM scratch; /usr/local/bin/mongoferry; /etc/passwd
 # and /etc/group with root and nonroot (65532); /etc/ssl/certs/ca-certificates.crt; /tmp;
@@ -20,7 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
-BINARY=""; OUT=""; TAG=""; VERSION=""; USER_SPEC="65532:65532"; QUIET=0
+BINARY=""; OUT=""; TAG=""; VERSION=""; USER_SPEC="65532:65532"; QUIET=0; STRIP=0
 while (($#)); do
     case "$1" in
         --binary) BINARY=$2; shift 2 ;;
@@ -29,6 +30,7 @@ while (($#)); do
         --version) VERSION=$2; shift 2 ;;
         --user) USER_SPEC=$2; shift 2 ;;
         --quiet) QUIET=1; shift ;;
+        --strip) STRIP=1; shift ;;
         -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -59,6 +61,7 @@ if [[ -z "$BINARY" ]]; then
         nice cargo build --release --locked -p mongoferry --bin mongoferry --target "$host" >&2
     BINARY="target/$host/release/mongoferry"
     OUT=${OUT:-target/image/mongoferry-$TAG.oci.tar}
+    STRIP=1
     say "binary built in $((SECONDS - start)) s"
 fi
 [[ -x "$BINARY" ]] || { echo "no executable at $BINARY" >&2; exit 1; }
@@ -70,7 +73,7 @@ OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
 exec 8>"$OUT.lock"
 flock 8
 stamp=$( { sha256sum "$BINARY" | cut -d' ' -f1; sha256sum "$0" | cut -d' ' -f1
-           echo "$TAG $VERSION $REVISION $SOURCE_DATE_EPOCH $USER_SPEC"; } | sha256sum | cut -d' ' -f1)
+           echo "$TAG $VERSION $REVISION $SOURCE_DATE_EPOCH $USER_SPEC $STRIP"; } | sha256sum | cut -d' ' -f1)
 if [[ -f "$OUT" && -f "$OUT.stamp" && "$(cat "$OUT.stamp")" == "$stamp" ]]; then
     say "image unchanged: $OUT"
     echo "$OUT"; cat "$OUT.digest"; exit 0
@@ -81,6 +84,8 @@ trap 'rm -rf "$work"' EXIT
 rootfs="$work/rootfs"
 mkdir -p "$rootfs"/{usr/local/bin,etc/ssl/certs,tmp,home/nonroot}
 install -m 0755 "$BINARY" "$rootfs/usr/local/bin/mongoferry"
+# The release profile keeps line tables (for profiling); the image does not need them.
+((STRIP)) && objcopy --strip-debug "$rootfs/usr/local/bin/mongoferry"
 # A dynamic binary: exactly the libraries ldd resolves, and the loader, at their paths.
 if ldd "$BINARY" >/dev/null 2>&1; then
     for lib in $(ldd "$BINARY" | awk '/=> \// { print $3 } /^\t\// { print $1 }'); do
