@@ -51,7 +51,7 @@ async fn fill(c: &Client, db: &str, coll: &str, n: i64, size: usize) {
 /// The migration of `app.*` (not `app.tmp_*`), running and caught up.
 async fn running(src: &MongoServer, dst: &MongoServer, extra: Value) -> WorkerProcess {
     let w = WorkerProcess::start(worker_opts(src, dst)).await;
-    let mut body = json!({"includeNamespaces": ["app.*"], "excludeNamespaces": ["app.tmp_*"]});
+    let mut body = json!({"includeNamespaces": ["app.*"], "excludeNamespaces": ["/^app\\.tmp_/"]});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
@@ -80,7 +80,12 @@ async fn recopy_case(mib: i64) {
     // ~2 KB documents; partitions of 8 MiB so the copy has several.
     let n = mib * 1024 * 1024 / 2_100;
     fill(&c, "app", "tmp_big", n, 2_000).await;
-    let mut w = running(&src, &dst, json!({"clone": {"insertWorkers": 2}})).await;
+    let mut w = running(
+        &src,
+        &dst,
+        json!({"clone": {"insertWorkers": 2, "partitionBytes": 8 * 1024 * 1024}}),
+    )
+    .await;
     let before = w.metric("mongoferry_copy_insert_documents_total").await;
     rename(&c, "app.tmp_big", "app.big").await;
     // Writes to the renamed collection during its copy are replayed onto it.
@@ -322,7 +327,7 @@ async fn a_reset_killed_at_any_step_is_completed() {
         ResetPoint::Copy,
     ] {
         assert_eq!(w.post("/pause", json!({})).await.code, 200);
-        let body = json!({"reset": true, "includeNamespaces": ["app.*"], "excludeNamespaces": ["app.tmp_*"], "skipPreflight": true});
+        let body = json!({"reset": true, "includeNamespaces": ["app.*"], "excludeNamespaces": ["/^app\\.tmp_/"], "skipPreflight": true});
         let url = format!("{}/start", w.url());
         tokio::spawn(async move {
             let _ = reqwest::Client::new().post(url).json(&body).send().await;
