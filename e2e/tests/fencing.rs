@@ -12,23 +12,13 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions};
+use mongoferry_e2e::fixtures::{pair, worker_opts};
+use mongoferry_e2e::servers::MongoServer;
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const DOCS: i32 = 3_000;
-
-async fn pair() -> (MongoServer, MongoServer) {
-    (
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("source"),
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("target"),
-    )
-}
 
 fn trials(default: usize) -> usize {
     std::env::var("FENCING_TRIALS")
@@ -39,10 +29,8 @@ fn trials(default: usize) -> usize {
 
 fn opts(src: &MongoServer, dst: &MongoServer, job: &str) -> WorkerOptions {
     WorkerOptions {
-        source: src.uri(),
-        target: dst.uri(),
         args: vec!["--job-id".into(), job.into()],
-        ..Default::default()
+        ..worker_opts(src.uri(), dst.uri())
     }
 }
 
