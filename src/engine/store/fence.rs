@@ -314,11 +314,11 @@ impl Fence {
                 Ok(())
             }
             Err(e) if is_no_transactions(&e) => {
-                let _ = s.abort_transaction().await;
+                abort(s).await;
                 self.raise_without_transactions(cmd).await
             }
             Err(e) => {
-                let _ = s.abort_transaction().await;
+                abort(s).await;
                 if transient_txn(&e) {
                     return Err(EngineError::Retry(format!(
                         "raising the fence: {}",
@@ -549,12 +549,12 @@ impl Fence {
             let out = match r {
                 Ok(Ok(out)) => out,
                 Ok(Err(refused)) => {
-                    let _ = s.abort_transaction().await;
+                    abort(&mut s).await;
                     slot.session = Some(s);
                     return Ok(Err(refused));
                 }
                 Err(e) => {
-                    let _ = s.abort_transaction().await;
+                    abort(&mut s).await;
                     slot.session = Some(s);
                     if matches!(e, EngineError::Fenced { .. }) {
                         self.inner.refused.fetch_add(1, Ordering::Relaxed);
@@ -571,7 +571,7 @@ impl Fence {
             // Frozen between the fence check and here? Then do not commit: the batch waits
             // for the lease to be confirmed and runs again.
             if self.now_ns() >= self.inner.deadline_ns.load(Ordering::SeqCst) {
-                let _ = s.abort_transaction().await;
+                abort(&mut s).await;
                 slot.session = Some(s);
                 continue;
             }
@@ -656,6 +656,14 @@ impl Fence {
             self.inner.lease.release().await?;
         }
         Ok(())
+    }
+}
+
+/// Abort a transaction that will not be committed. A failure only means the server already
+/// dropped it (killed, expired, or the connection is gone).
+async fn abort(s: &mut ClientSession) {
+    if let Err(e) = s.abort_transaction().await {
+        debug!(error = %e, "aborting a transaction the server no longer holds");
     }
 }
 
