@@ -75,6 +75,7 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                 read_workers: a.clone_read_workers,
                 insert_workers: a.clone_insert_workers,
                 batch_bytes: a.clone_batch_bytes,
+                partition_bytes: a.clone_partition_bytes,
             };
             let replication = ReplicationTuning {
                 workers: a.repl_workers,

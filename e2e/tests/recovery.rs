@@ -11,27 +11,42 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
+use mongoferry_e2e::fixtures::{pair, server, worker_opts};
 use mongoferry_e2e::servers::{is_available, MongoServer, ServerKind, ServerOptions};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use serde_json::{json, Value};
 
-async fn server(kind: ServerKind) -> MongoServer {
-    MongoServer::start(ServerOptions {
-        kind,
-        enable_test_commands: kind == ServerKind::Python,
-        ..Default::default()
-    })
-    .await
-    .expect("server")
+fn opts(src: &MongoServer, dst: &MongoServer) -> WorkerOptions {
+    WorkerOptions {
+        args: vec!["--job-id".into(), "recovery".into()],
+        ..worker_opts(src.uri(), dst.uri())
+    }
 }
 
-fn worker_opts(src: &MongoServer, dst: &MongoServer) -> WorkerOptions {
-    WorkerOptions {
-        source: src.uri(),
-        target: dst.uri(),
-        args: vec!["--job-id".into(), "recovery".into()],
-        ..Default::default()
+/// Two Python servers with failpoints, or `None` where secantusd-py is not installed.
+async fn python_pair() -> Option<(MongoServer, MongoServer)> {
+    if !is_available(ServerKind::Python) {
+        eprintln!("secantusd-py not installed: skipped");
+        return None;
     }
+    let opts = || ServerOptions {
+        enable_test_commands: true,
+        ..ServerOptions::python()
+    };
+    Some((server(opts()).await, server(opts()).await))
+}
+
+/// Make the worker's next insert on `dst` fail with BadValue (not a duplicate key).
+async fn fail_next_insert(dst: &MongoServer) {
+    dst.client()
+        .database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
+                "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
+            }},
+        )
+        .await
+        .expect("failpoint");
 }
 
 /// `n` documents of about `size` bytes into `db.coll`, in batches.
@@ -50,8 +65,8 @@ async fn fill(c: &Client, db: &str, coll: &str, n: i64, size: usize) {
 
 /// The migration of `app.*` (not `app.tmp_*`), running and caught up.
 async fn running(src: &MongoServer, dst: &MongoServer, extra: Value) -> WorkerProcess {
-    let w = WorkerProcess::start(worker_opts(src, dst)).await;
-    let mut body = json!({"includeNamespaces": ["app.*"], "excludeNamespaces": ["app.tmp_*"]});
+    let w = WorkerProcess::start(opts(src, dst)).await;
+    let mut body = json!({"includeNamespaces": ["app.*"], "excludeNamespaces": ["/^app\\.tmp_/"]});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
@@ -71,16 +86,18 @@ async fn rename(c: &Client, from: &str, to: &str) {
 /// is answered within 2 s during that copy, a SIGKILL during it resumes without copying the
 /// finished partitions again, and the target ends equal to the source.
 async fn recopy_case(mib: i64) {
-    let (src, dst) = (
-        server(ServerKind::Rust).await,
-        server(ServerKind::Rust).await,
-    );
+    let (src, dst) = pair().await;
     let c = src.client();
     fill(&c, "app", "orders", 2_000, 500).await;
     // ~2 KB documents; partitions of 8 MiB so the copy has several.
     let n = mib * 1024 * 1024 / 2_100;
     fill(&c, "app", "tmp_big", n, 2_000).await;
-    let mut w = running(&src, &dst, json!({"clone": {"insertWorkers": 2}})).await;
+    let mut w = running(
+        &src,
+        &dst,
+        json!({"clone": {"insertWorkers": 2, "partitionBytes": 8 * 1024 * 1024}}),
+    )
+    .await;
     let before = w.metric("mongoferry_copy_insert_documents_total").await;
     rename(&c, "app.tmp_big", "app.big").await;
     // Writes to the renamed collection during its copy are replayed onto it.
@@ -168,27 +185,14 @@ async fn copy_anew_of_200_mb() {
 /// error other than a duplicate key fails the job, naming the namespace and the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_insert_in_a_copy_anew_fails_the_job() {
-    if !is_available(ServerKind::Python) {
-        eprintln!("secantusd-py not installed: skipped");
+    let Some((src, dst)) = python_pair().await else {
         return;
-    }
-    let (src, dst) = (
-        server(ServerKind::Python).await,
-        server(ServerKind::Python).await,
-    );
+    };
     let c = src.client();
     fill(&c, "app", "orders", 200, 200).await;
     fill(&c, "app", "tmp_x", 500, 200).await;
     let w = running(&src, &dst, json!({})).await;
-    dst.client()
-        .database("admin")
-        .run_command(
-            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
-                "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
-            }},
-        )
-        .await
-        .expect("failpoint");
+    fail_next_insert(&dst).await;
     rename(&c, "app.tmp_x", "app.x").await;
     let st = w.wait_state("failed", Duration::from_secs(120)).await;
     let e = st["error"].as_str().unwrap_or_default();
@@ -205,19 +209,14 @@ async fn a_failing_insert_in_a_copy_anew_fails_the_job() {
 /// CI: after a fatal error in one partition, every copy task has stopped within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_copy_error_stops_every_copy_task_within_a_second() {
-    if !is_available(ServerKind::Python) {
-        eprintln!("secantusd-py not installed: skipped");
+    let Some((src, dst)) = python_pair().await else {
         return;
-    }
-    let (src, dst) = (
-        server(ServerKind::Python).await,
-        server(ServerKind::Python).await,
-    );
+    };
     let c = src.client();
     for i in 0..6 {
         fill(&c, "app", &format!("c{i}"), 3_000, 1_000).await;
     }
-    let w = WorkerProcess::start(worker_opts(&src, &dst)).await;
+    let w = WorkerProcess::start(opts(&src, &dst)).await;
     // The first insert after a few succeeded fails for good.
     w.start_migration(
         json!({"clone": {"parallelCollections": 4, "insertWorkers": 4, "batchBytes": 262144}}),
@@ -227,15 +226,7 @@ async fn a_fatal_copy_error_stops_every_copy_task_within_a_second() {
         s["initialSync"]["clonedDocuments"].as_u64().unwrap_or(0) > 0
     })
     .await;
-    dst.client()
-        .database("admin")
-        .run_command(
-            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {
-                "failCommands": ["insert"], "appName": "mongoferry-worker", "errorCode": 2,
-            }},
-        )
-        .await
-        .expect("failpoint");
+    fail_next_insert(&dst).await;
     let st = w.wait_state("failed", Duration::from_secs(120)).await;
     assert!(
         st["error"].as_str().unwrap_or("").contains("code 2"),
@@ -268,6 +259,8 @@ async fn a_fatal_copy_error_stops_every_copy_task_within_a_second() {
 enum ResetPoint {
     Recorded,
     Dropping,
+    DroppingLate,
+    /// The end of the drops, or the first moment after (clearing the records is short).
     Clearing,
     Catalog,
     Copy,
@@ -297,15 +290,12 @@ async fn reset_progress(dst: &Client) -> (Document, u64, bool) {
     (job, left, records)
 }
 
-/// Reliability suite: SIGKILL at five points of a reset; the restarted worker completes it,
+/// Reliability suite: SIGKILL at six points of a reset; the restarted worker completes it,
 /// nothing is replicated onto missing data, and the target ends equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reliability suite: minutes"]
 async fn a_reset_killed_at_any_step_is_completed() {
-    let (src, dst) = (
-        server(ServerKind::Rust).await,
-        server(ServerKind::Rust).await,
-    );
+    let (src, dst) = pair().await;
     let c = src.client();
     // Many collections, so that dropping them takes a while.
     for i in 0..300 {
@@ -317,12 +307,13 @@ async fn a_reset_killed_at_any_step_is_completed() {
     for point in [
         ResetPoint::Recorded,
         ResetPoint::Dropping,
+        ResetPoint::DroppingLate,
         ResetPoint::Clearing,
         ResetPoint::Catalog,
         ResetPoint::Copy,
     ] {
         assert_eq!(w.post("/pause", json!({})).await.code, 200);
-        let body = json!({"reset": true, "includeNamespaces": ["app.*"], "excludeNamespaces": ["app.tmp_*"], "skipPreflight": true});
+        let body = json!({"reset": true, "includeNamespaces": ["app.*"], "excludeNamespaces": ["/^app\\.tmp_/"], "skipPreflight": true});
         let url = format!("{}/start", w.url());
         tokio::spawn(async move {
             let _ = reqwest::Client::new().post(url).json(&body).send().await;
@@ -335,7 +326,8 @@ async fn a_reset_killed_at_any_step_is_completed() {
             let hit = match point {
                 ResetPoint::Recorded => resetting,
                 ResetPoint::Dropping => resetting && left < 250,
-                ResetPoint::Clearing => left == 0,
+                ResetPoint::DroppingLate => resetting && left < 60,
+                ResetPoint::Clearing => left == 0 || !resetting,
                 ResetPoint::Catalog => {
                     !resetting && !job.get_bool("catalogDone").unwrap_or(true) && records
                 }

@@ -290,6 +290,9 @@ pub struct StartArgs {
     pub clone_insert_workers: Option<u32>,
     #[arg(long)]
     pub clone_batch_bytes: Option<u64>,
+    /// Target size of one copy partition, in bytes.
+    #[arg(long)]
+    pub clone_partition_bytes: Option<u64>,
     #[arg(long)]
     pub repl_workers: Option<u32>,
     #[arg(long)]

@@ -330,6 +330,7 @@ pub fn start_request(spec: &MigrationJobSpec) -> StartRequest {
             read_workers: c.read_workers,
             insert_workers: c.insert_workers,
             batch_bytes: c.batch_bytes,
+            partition_bytes: None,
         }),
         replication: t.replication.map(|r| ReplicationTuning {
             workers: r.workers,
