@@ -29,10 +29,13 @@ fn trials(default: usize) -> usize {
 }
 
 fn opts(src: &MongoServer, dst: &MongoServer, job: &str) -> WorkerOptions {
-    WorkerOptions {
+    let mut o = WorkerOptions {
         args: vec!["--job-id".into(), job.into()],
         ..worker_opts(src.uri(), dst.uri())
-    }
+    };
+    // The product's default lease: what these cases prove holds for it.
+    o.env.push(("MONGOFERRY_LEASE_TTL".into(), "15".into()));
+    o
 }
 
 async fn seed(c: &Client) {
