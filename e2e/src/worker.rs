@@ -292,6 +292,13 @@ impl WorkerProcess {
         self.call("GET", "/status", None, None).await.body
     }
 
+    /// Asserts that the worker is waiting for the job's lease that another live worker holds.
+    pub async fn assert_waits_for_the_lease(&self) {
+        let s = self.status().await;
+        let info = s["info"].as_str().unwrap_or("");
+        assert!(info.contains("another worker holds"), "{s:#}");
+    }
+
     pub async fn metrics(&self) -> String {
         match self.call("GET", "/metrics", None, None).await.body {
             Value::String(s) => s,
