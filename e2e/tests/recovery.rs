@@ -168,6 +168,51 @@ async fn recopy_case(mib: i64) {
     assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
 }
 
+/// A collection renamed into the selection, then renamed twice more before the worker read
+/// the first rename (here: while paused), arrives whole under its last name. The copy anew of
+/// the first name finds it gone from the source; the renames after it must not be replayed as
+/// plain renames of a collection the target never received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_renamed_again_before_its_copy_anew_arrives_whole() {
+    let (src, dst) = pair().await;
+    let c = src.client();
+    fill(&c, "app", "orders", 500, 200).await;
+    fill(&c, "app", "tmp_new", 3_000, 200).await;
+    let w = running(&src, &dst, json!({})).await;
+    assert_eq!(w.post("/pause", json!({})).await.code, 200);
+    rename(&c, "app.tmp_new", "app.y1").await;
+    rename(&c, "app.y1", "app.y2").await;
+    rename(&c, "app.y2", "app.y3").await;
+    c.database("app")
+        .collection::<Document>("y3")
+        .update_many(doc! {"_id": {"$lt": 10}}, doc! {"$set": {"after": true}})
+        .await
+        .expect("writes");
+    assert_eq!(w.post("/resume", json!({})).await.code, 200);
+    let y3 = dst.client().database("app").collection::<Document>("y3");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = y3.count_documents(doc! {}).await.unwrap_or(0);
+        if n == 3_000 {
+            break;
+        }
+        let s = w.status().await;
+        assert!(
+            Instant::now() < deadline,
+            "app.y3 holds {n} of 3000 documents on the target: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    w.wait_caught_up(1.0, Duration::from_secs(120)).await;
+    assert_eq!(
+        y3.count_documents(doc! {"after": true})
+            .await
+            .expect("count"),
+        10
+    );
+    assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
+}
+
 /// CI: a 40 MB collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_anew_is_pausable_and_resumable() {

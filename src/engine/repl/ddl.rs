@@ -228,16 +228,34 @@ pub fn split_modify(desc: &Document) -> (Option<Document>, Document) {
 /// Codes that mean the target is already past this DDL (a replay): skip.
 const ALREADY_DONE: &[i32] = &[26, 27, 48, 68, 85, 86, 167];
 
+/// The server's code for a namespace that does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
+/// How a DDL command ended on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Applied,
+    /// Refused with one of `ALREADY_DONE`'s codes.
+    Skipped(i32),
+}
+
 /// Run a DDL command on the target, fenced; a replay the target is already past is fine.
 async fn run(ctx: &Ctx, db: &str, cmd: Document, what: &str) -> Result<()> {
+    run_reporting(ctx, db, cmd, what).await.map(|_| ())
+}
+
+/// `run`, telling whether the target ran the command or was past it.
+async fn run_reporting(ctx: &Ctx, db: &str, cmd: Document, what: &str) -> Result<Ran> {
     let target = &ctx.target;
     ctx.store
         .fence()
         .ddl(what, async {
             match target.database(db).run_command(cmd).await {
-                Ok(_) => Ok(()),
-                Err(e) if mongo_code(&e).is_some_and(|c| ALREADY_DONE.contains(&c)) => Ok(()),
-                Err(e) => Err(EngineError::mongo(Side::Target, what, e)),
+                Ok(_) => Ok(Ran::Applied),
+                Err(e) => match mongo_code(&e).filter(|c| ALREADY_DONE.contains(c)) {
+                    Some(code) => Ok(Ran::Skipped(code)),
+                    None => Err(EngineError::mongo(Side::Target, what, e)),
+                },
             }
         })
         .await
@@ -343,13 +361,21 @@ pub async fn apply(
             to_coll,
         } => {
             let (from, to) = (format!("{db}.{coll}"), format!("{to_db}.{to_coll}"));
-            run(
+            let ran = run_reporting(
                 ctx,
                 "admin",
                 doc! {"renameCollection": &from, "to": &to, "dropTarget": true},
                 &format!("renaming {from} to {to}"),
             )
             .await?;
+            let recorded_to = store.collection(&to).await?.is_some();
+            if rename_lost_its_data(ran, recorded_to) {
+                // The target never held `from` under this job's records (an earlier copy
+                // anew found it already renamed on the source, say): its data is only on the
+                // source, now under `to` or a later name. Copy `to` anew from here.
+                info!(from = %from, to = %to, "renamed collection not on the target; copying it anew");
+                return request_copy(ctx, to_db, to_coll, ts).await;
+            }
             store.delete_indexes(doc! {"ns": &to}).await?;
             for mut e in store
                 .all_indexes()
@@ -395,6 +421,13 @@ pub async fn apply(
         }
     }
     Ok(Applied::Done)
+}
+
+/// Whether a rename the target refused left the renamed data nowhere on the target: `from`
+/// was not there (`NamespaceNotFound`) and `to` is not recorded either. A replayed rename the
+/// target already ran finds `to` recorded (the rename moves the record). Pure.
+fn rename_lost_its_data(ran: Ran, to_recorded: bool) -> bool {
+    ran == Ran::Skipped(NAMESPACE_NOT_FOUND) && !to_recorded
 }
 
 fn op_is_view(op: &DdlOp) -> bool {
@@ -522,6 +555,23 @@ fn ddl_summary(op: &DdlOp) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_rename_of_what_the_target_never_held_is_a_copy_anew() {
+        // `from` missing on the target and `to` not recorded: the data is only on the source.
+        assert!(rename_lost_its_data(
+            Ran::Skipped(NAMESPACE_NOT_FOUND),
+            false
+        ));
+        // A replay of a rename already run: `to` is recorded.
+        assert!(!rename_lost_its_data(
+            Ran::Skipped(NAMESPACE_NOT_FOUND),
+            true
+        ));
+        assert!(!rename_lost_its_data(Ran::Applied, false));
+        assert!(!rename_lost_its_data(Ran::Skipped(48), false));
+    }
+
     use super::*;
 
     fn ev(op: &str, coll: Option<&str>, desc: Document) -> Document {
