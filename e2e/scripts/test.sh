@@ -23,6 +23,12 @@ tally_cargo() { # log file
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0}))
 }
+stamp() { while IFS= read -r l; do printf '%(%s)T %s\n' -1 "$l"; done; } # epoch seconds per line
+test_times() { # stamped log: the three longest tests, "name N s"
+    awk '$2 == "test" && $4 == "..." { if (n != "") print n, $1 - s; n = $3; s = $1 }
+         $2 == "test" && $3 == "result:" { if (n != "") print n, $1 - s; n = "" }' "$1" |
+        sort -k2 -nr | head -3 | awk '{ printf "%s%s %d s", (NR > 1 ? ", " : ""), $1, $2 }'
+}
 fail_step() { failed=$((failed + 1)); failures+=("$1"); }
 show_failures() { # log file: the failed tests' names and panic messages (CI keeps only this output)
     grep -qE '^test result: FAILED' "$1" || return 0
@@ -88,8 +94,9 @@ for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
     echo "--- $t"
     suite_start=$SECONDS
     cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
-        >"$LOGS/e2e-$t.log" 2>&1
-    echo "    ($t: $((SECONDS - suite_start)) s)"
+        2>&1 | stamp >"$LOGS/e2e-$t.ts.log"
+    cut -d' ' -f2- "$LOGS/e2e-$t.ts.log" >"$LOGS/e2e-$t.log"
+    echo "    ($t: $((SECONDS - suite_start)) s; longest: $(test_times "$LOGS/e2e-$t.ts.log"))"
     grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
     tally_cargo "$LOGS/e2e-$t.log"
     show_failures "$LOGS/e2e-$t.log"
