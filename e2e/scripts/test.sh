@@ -23,6 +23,12 @@ tally_cargo() { # log file
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0}))
 }
+stamp() { while IFS= read -r l; do printf '%(%s)T %s\n' -1 "$l"; done; } # epoch seconds per line
+test_times() { # stamped log: the three longest tests, "name N s"
+    awk '$2 == "test" && $4 == "..." { if (n != "") print n, $1 - s; n = $3; s = $1 }
+         $2 == "test" && $3 == "result:" { if (n != "") print n, $1 - s; n = "" }' "$1" |
+        sort -k2 -nr | head -3 | awk '{ printf "%s%s %d s", (NR > 1 ? ", " : ""), $1, $2 }'
+}
 fail_step() { failed=$((failed + 1)); failures+=("$1"); }
 show_failures() { # log file: the failed tests' names and panic messages (CI keeps only this output)
     grep -qE '^test result: FAILED' "$1" || return 0
@@ -35,10 +41,16 @@ show_failures() { # log file: the failed tests' names and panic messages (CI kee
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || true
 
-step "installing SecantusDB test servers"
-SECANTUSD_RS="$(e2e/scripts/install-secantus.sh | tail -n 1)" || { echo "cannot install SecantusDB"; exit 1; }
-export SECANTUSD_RS
-echo "secantusd-rs: $SECANTUSD_RS"
+# The test servers and the control plane are built (first time only) in the background while
+# the lints and the Rust build run: on 2 cores their build steps fill each other's idle gaps.
+step "building the test tools in the background (SecantusDB; the control plane)"
+e2e/scripts/install-secantus.sh >"$LOGS/secantus.out" 2>"$LOGS/secantus-install.log" &
+secantus_pid=$!
+cp_build_pid=""
+if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/scripts/controlplane.sh ]] && command -v go >/dev/null; then
+    e2e/scripts/controlplane.sh build >"$LOGS/controlplane-build.log" 2>&1 &
+    cp_build_pid=$!
+fi
 
 step "formatting and lints"
 if cargo fmt --all -- --check >"$LOGS/fmt.log" 2>&1; then passed=$((passed + 1)); else cat "$LOGS/fmt.log"; fail_step "cargo fmt"; fi
@@ -63,14 +75,28 @@ cargo test --workspace --lib --bins 2>&1 | tee "$LOGS/unit.log" | grep -E '^test
 tally_cargo "$LOGS/unit.log"
 show_failures "$LOGS/unit.log"
 
+step "waiting for the test tools"
+if ! wait "$secantus_pid"; then
+    cat "$LOGS/secantus-install.log"; echo "cannot install SecantusDB"; exit 1
+fi
+SECANTUSD_RS="$(tail -n 1 "$LOGS/secantus.out")"
+export SECANTUSD_RS
+echo "secantusd-rs: $SECANTUSD_RS"
+if [[ -n "$cp_build_pid" ]] && ! wait "$cp_build_pid"; then
+    # Not fatal here: the suites that need it build it again and report their own failure.
+    tail -20 "$LOGS/controlplane-build.log"
+fi
+echo "tools ready at $SECONDS s"
+
 step "end-to-end suites (real SecantusDB servers)"
 for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
     if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && ( "$t" == operator* || "$t" == chart || "$t" == containers ) ]]; then continue; fi
     echo "--- $t"
     suite_start=$SECONDS
     cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
-        >"$LOGS/e2e-$t.log" 2>&1
-    echo "    ($t: $((SECONDS - suite_start)) s)"
+        2>&1 | stamp >"$LOGS/e2e-$t.ts.log"
+    cut -d' ' -f2- "$LOGS/e2e-$t.ts.log" >"$LOGS/e2e-$t.log"
+    echo "    ($t: $((SECONDS - suite_start)) s; longest: $(test_times "$LOGS/e2e-$t.ts.log"))"
     grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
     tally_cargo "$LOGS/e2e-$t.log"
     show_failures "$LOGS/e2e-$t.log"
