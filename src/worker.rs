@@ -84,8 +84,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let source = src.client(Side::Source, "mongoferry-worker").await?;
     let target = dst.client(Side::Target, "mongoferry-worker").await?;
     let metrics = Arc::new(Metrics::new());
-    let me = Identity::new(Some(args.job_id.clone()), args.job_name.clone());
-    info!(job = %me.job_id, name = %me.job_name, incarnation = %me.incarnation, "worker identity");
+    let me = Identity::new(Some(args.job_id.clone()), args.job_name.clone())
+        .with_ttl(std::time::Duration::from_secs(args.lease_ttl));
+    info!(job = %me.job_id, name = %me.job_name, incarnation = %me.incarnation,
+          lease_ttl_s = me.ttl.as_secs(), "worker identity");
     let gate = Arc::new(crate::preflight::Gate {
         source: source.clone(),
         target: target.clone(),
