@@ -27,12 +27,6 @@ use serde::{Deserialize, Serialize};
     doc = "A live MongoDB migration: copy, then replicate, then finalize, driven by desiredState.",
     printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
-    printcolumn(
-        name = "Direction",
-        type_ = "string",
-        json_path = ".status.direction",
-        description = "forward (a migration) or reverse (a rollback of a finalized one)"
-    ),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(
         name = "Lag",
@@ -51,43 +45,18 @@ use serde::{Deserialize, Serialize};
 ).message(
     "spec.namespaces is immutable once set: the worker has already selected what to copy; create a new MigrationJob to migrate a different set"
 ))]
-#[x_kube(validation = Rule::new(
-    "has(self.reverseOf) ? (!has(self.source) && !has(self.target) && !has(self.namespaces)) : (has(self.source) && has(self.target))"
-).message(
-    "set source and target (a migration), or reverseOf alone (a reverse: its source, target and namespaces are those of the finalized MigrationJob it names, swapped)"
-))]
-#[x_kube(validation = Rule::new("has(self.reverseOf) == has(oldSelf.reverseOf)").message(
-    "spec.reverseOf cannot be added or removed: a MigrationJob is a migration or a reverse for good; create a new MigrationJob"
-))]
-#[x_kube(validation = Rule::new("!has(self.force) || !self.force || has(self.reverseOf)").message(
-    "spec.force applies to a reverse only (a MigrationJob with spec.reverseOf)"
-))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationJobSpec {
-    /// The deployment to migrate from (a replica set). Required unless `reverseOf` is set. Immutable.
-    #[serde(default, skip_serializing_if = "Endpoint::is_unset")]
+    /// The deployment to migrate from (a replica set). Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "spec.source is immutable: a running migration cannot switch deployments; create a new MigrationJob"
     ))]
     pub source: Endpoint,
-    /// The deployment to migrate to (a replica set). Required unless `reverseOf` is set. Immutable.
-    #[serde(default, skip_serializing_if = "Endpoint::is_unset")]
+    /// The deployment to migrate to (a replica set). Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "spec.target is immutable: a running migration cannot switch deployments; create a new MigrationJob"
     ))]
     pub target: Endpoint,
-    /// Roll back a finalized migration: replicate from its target back onto its source, from
-    /// the point recorded at its finalize (no copy). Names a MigrationJob of this namespace
-    /// in state finalized; source, target and namespaces come from it, swapped. Immutable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(
-        "spec.reverseOf is immutable: create a new MigrationJob to reverse another migration"
-    ))]
-    pub reverse_of: Option<ReverseOf>,
-    /// With reverseOf: start even though the old source was written after the cutoff (the
-    /// reverse refuses otherwise, listing the namespaces and counts).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub force: bool,
     /// running (copy, then replicate), paused, or finalized (cut over; terminal).
     #[serde(default)]
     #[x_kube(validation = Rule::new("oldSelf != 'finalized' || self == 'finalized'").message(
@@ -114,15 +83,6 @@ pub struct MigrationJobSpec {
     /// the migration cannot finish).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_preflight: bool,
-}
-
-/// The finalized migration a reverse rolls back.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReverseOf {
-    /// Name of a MigrationJob in this namespace.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
 }
 
 /// How to reach one deployment. Credentials never go in the URI.
@@ -161,13 +121,6 @@ pub struct CredentialsSecretRef {
     #[serde(default = "default_password_key")]
     #[schemars(length(min = 1))]
     pub password_key: String,
-}
-
-impl Endpoint {
-    /// Not given (a reverse takes its endpoints from the migration it reverses).
-    pub fn is_unset(&self) -> bool {
-        self == &Endpoint::default()
-    }
 }
 
 fn default_username_key() -> String {
@@ -349,9 +302,6 @@ pub struct MigrationJobStatus {
     /// copying or replicating while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// forward (a migration) or reverse (a rollback of a finalized migration, spec.reverseOf).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<String>,
     /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -497,7 +447,7 @@ pub struct FinalizationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// The target's cluster time once the cutoff was applied and the indexes restored (RFC
-    /// 3339): where a reverse of this migration starts.
+    /// 3339): where a reverse of this migration (POST /reverse on its worker) starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverse_start_point: Option<String>,
 }

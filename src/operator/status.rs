@@ -186,6 +186,7 @@ fn finalization_status(f: &FinalizationReport) -> FinalizationStatus {
                 .collect(),
         }),
         warnings: f.warnings.iter().take(MAX_LIST).cloned().collect(),
+        reverse_start_point: f.reverse_start_point.as_ref().map(|o| o.iso_date.clone()),
     }
 }
 

@@ -77,7 +77,9 @@ impl Writes {
 pub enum WritesSeen {
     Counted(Writes),
     /// The old source's oplog begins after the cutoff: its writes since cannot be told.
-    HistoryGone { oldest: Timestamp },
+    HistoryGone {
+        oldest: Timestamp,
+    },
     /// Reading failed (privileges, network).
     Unreadable(String),
 }
@@ -115,7 +117,10 @@ pub fn migration_check(m: Option<&Migration>) -> (PreflightCheck, Option<Points>
     };
     if m.direction == Direction::Reverse {
         return fail(
-            format!("{} is itself a reverse, and a reverse cannot be reversed", m.job_name),
+            format!(
+                "{} is itself a reverse, and a reverse cannot be reversed",
+                m.job_name
+            ),
             "to move the data forward again, start a new migration",
         );
     }
@@ -156,7 +161,10 @@ pub fn migration_check(m: Option<&Migration>) -> (PreflightCheck, Option<Points>
 }
 
 /// Whether the new cluster's oplog still holds the start point. Pure.
-pub fn history_check(start: Timestamp, oldest: Result<Option<Timestamp>, String>) -> PreflightCheck {
+pub fn history_check(
+    start: Timestamp,
+    oldest: Result<Option<Timestamp>, String>,
+) -> PreflightCheck {
     match oldest {
         Ok(Some(o)) if o > start => check(
             CHECK_HISTORY,
@@ -188,7 +196,10 @@ pub fn history_check(start: Timestamp, oldest: Result<Option<Timestamp>, String>
         Ok(None) => check(
             CHECK_HISTORY,
             CheckStatus::Pass,
-            format!("the new cluster's oplog is empty; the start point is {}", at(start)),
+            format!(
+                "the new cluster's oplog is empty; the start point is {}",
+                at(start)
+            ),
             None,
         ),
         Err(e) => check(
@@ -304,20 +315,39 @@ pub fn writes_check(cutoff: Timestamp, seen: &WritesSeen, force: bool) -> Prefli
 pub fn adjust_preflight(checks: Vec<PreflightCheck>) -> Vec<PreflightCheck> {
     checks
         .into_iter()
-        .map(|c| match NOT_APPLICABLE.iter().find(|(n, _)| *n == c.name) {
-            Some((_, why)) => PreflightCheck {
-                status: CheckStatus::Pass,
-                reason: format!("not applicable: {why}"),
-                fix: None,
-                ..c
+        .map(
+            |c| match NOT_APPLICABLE.iter().find(|(n, _)| *n == c.name) {
+                Some((_, why)) => PreflightCheck {
+                    status: CheckStatus::Pass,
+                    reason: format!("not applicable: {why}"),
+                    fix: None,
+                    ..c
+                },
+                None => PreflightCheck {
+                    reason: format!("{}{}", role(&c.name), c.reason),
+                    ..c
+                },
             },
-            None => c,
-        })
+        )
         .collect()
 }
 
+/// Which deployment a check of the swapped preflight is about, said plainly. Pure.
+fn role(check: &str) -> &'static str {
+    if check.starts_with("target.") {
+        "the old source (the reverse's target): "
+    } else if check.starts_with("source.") {
+        "the new cluster (the reverse's source): "
+    } else {
+        ""
+    }
+}
+
 /// One report of the reverse's checks followed by the preflight's. Pure.
-pub fn report(mut checks: Vec<PreflightCheck>, preflight: Option<PreflightReport>) -> PreflightReport {
+pub fn report(
+    mut checks: Vec<PreflightCheck>,
+    preflight: Option<PreflightReport>,
+) -> PreflightReport {
     let estimate = match preflight {
         Some(p) => {
             checks.extend(adjust_preflight(p.checks));
@@ -407,12 +437,18 @@ mod tests {
             start: None,
             ..finalized()
         };
-        assert!(migration_check(Some(&old)).0.reason.contains("no reverse start point"));
+        assert!(migration_check(Some(&old))
+            .0
+            .reason
+            .contains("no reverse start point"));
         let rev = Migration {
             direction: Direction::Reverse,
             ..finalized()
         };
-        assert!(migration_check(Some(&rev)).0.reason.contains("cannot be reversed"));
+        assert!(migration_check(Some(&rev))
+            .0
+            .reason
+            .contains("cannot be reversed"));
         let (none, _) = migration_check(None);
         assert_eq!(none.status, CheckStatus::Fail);
         assert!(none.fix.unwrap_or_default().contains("--source"));
@@ -500,12 +536,16 @@ mod tests {
             Some(CheckStatus::Pass)
         );
         assert!(
-            r.summary.contains("target.privileges: lacks insert on app")
-                && r.summary.contains("fix: grant readWriteAnyDatabase"),
+            r.summary.contains(
+                "target.privileges: the old source (the reverse's target): lacks insert on app"
+            ) && r.summary.contains("fix: grant readWriteAnyDatabase"),
             "{}",
             r.summary
         );
-        let good = report(vec![check(CHECK_HISTORY, CheckStatus::Pass, "ok".into(), None)], None);
+        let good = report(
+            vec![check(CHECK_HISTORY, CheckStatus::Pass, "ok".into(), None)],
+            None,
+        );
         assert!(good.ok && good.summary.contains("all 1 checks passed"));
     }
 }

@@ -64,7 +64,10 @@ pub fn next_ts(ts: Timestamp) -> Timestamp {
 }
 
 /// The migration recorded in `client`'s `mongoferry` database, if any, and its options.
-pub async fn read_migration(client: &Client, side: Side) -> Result<Option<(Migration, StartRequest)>> {
+pub async fn read_migration(
+    client: &Client,
+    side: Side,
+) -> Result<Option<(Migration, StartRequest)>> {
     let (job, lease) = store::read_job(client, side).await?;
     let Some(job) = job.filter(|j| j.saved_at.is_some()) else {
         return Ok(None);
@@ -232,7 +235,10 @@ pub fn checkpoint(
             include_namespaces: options.include_namespaces.clone(),
             exclude_namespaces: options.exclude_namespaces.clone(),
             clone: options.clone.clone(),
-            replication: req.replication.clone().or_else(|| options.replication.clone()),
+            replication: req
+                .replication
+                .clone()
+                .or_else(|| options.replication.clone()),
             ..Default::default()
         },
         start_ts: Some(points.start),
@@ -247,11 +253,7 @@ pub fn checkpoint(
 
 /// Whether the reverse's target still needs its preparation (see [`prepare`]). Pure.
 pub fn needs_prepare(cp: &Checkpoint) -> bool {
-    cp.direction == Direction::Reverse
-        && cp
-            .reverse_of
-            .as_ref()
-            .is_some_and(|o| !o.indexes_relaxed)
+    cp.direction == Direction::Reverse && cp.reverse_of.as_ref().is_some_and(|o| !o.indexes_relaxed)
 }
 
 /// Prepare the reverse's target (the old source) before the first event, once: record its
@@ -354,8 +356,8 @@ async fn relax_one(ctx: &Ctx, db: &str, coll: &str, spec: &Document) -> Result<b
     let fence = ctx.store.fence();
     let target = &ctx.target;
     let what = format!("relaxing index {name} of {db}.{coll} for the reverse");
-    let rebuild = spec.get_bool("unique").unwrap_or(false)
-        || spec.get_bool("prepareUnique").unwrap_or(false);
+    let rebuild =
+        spec.get_bool("unique").unwrap_or(false) || spec.get_bool("prepareUnique").unwrap_or(false);
     if !rebuild {
         let mut change = doc! {"name": &name};
         if spec.contains_key("expireAfterSeconds") {
@@ -374,7 +376,9 @@ async fn relax_one(ctx: &Ctx, db: &str, coll: &str, spec: &Document) -> Result<b
             .await?;
         match modified {
             Ok(_) => return Ok(true),
-            Err(e) => warn!(error = %e, index = %name, "collMod refused; rebuilding the index relaxed"),
+            Err(e) => {
+                warn!(error = %e, index = %name, "collMod refused; rebuilding the index relaxed")
+            }
         }
     }
     fence
@@ -478,7 +482,7 @@ mod tests {
         assert_eq!(counted_ns(&ev("mongoferry", Some("checkpoint")), &f), None);
         assert_eq!(counted_ns(&ev("app", None), &f), Some("app".into()));
         let rename_in = doc! {"operationType": "rename", "ns": {"db": "other", "coll": "x"},
-            "to": {"db": "app", "coll": "y"}};
+        "to": {"db": "app", "coll": "y"}};
         assert_eq!(counted_ns(&rename_in, &f), Some("other.x".into()));
     }
 

@@ -369,7 +369,9 @@ pub async fn read_job(
     client: &Client,
     side: Side,
 ) -> Result<(Option<Checkpoint>, Option<lease::LeaseDoc>)> {
-    let coll = client.database(META_DB).collection::<Document>("checkpoint");
+    let coll = client
+        .database(META_DB)
+        .collection::<Document>("checkpoint");
     let what = "reading the mongoferry job";
     let job = coll.find_one(doc! {"_id": JOB_ID}).await.on(side, what)?;
     let lease = coll
@@ -378,12 +380,12 @@ pub async fn read_job(
         .on(side, what)?
         .map(|d| lease::LeaseDoc::parse(&d));
     let job = match job {
-        Some(d) => Some(
-            mongodb::bson::from_document::<Checkpoint>(d).map_err(|e| EngineError::Encode {
+        Some(d) => Some(mongodb::bson::from_document::<Checkpoint>(d).map_err(|e| {
+            EngineError::Encode {
                 what: what.into(),
                 detail: e.to_string(),
-            })?,
-        ),
+            }
+        })?),
         None => None,
     };
     Ok((job, lease))
