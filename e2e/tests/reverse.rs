@@ -138,7 +138,7 @@ async fn reverse_brings_the_old_source_level_with_the_new_cluster() {
             &old,
             "wl_app",
             &format!("c{j}"),
-            2_000,
+            1_000,
             SizeDistribution::Realistic { max: 4096 },
             j,
             1_000,
