@@ -317,7 +317,7 @@ async fn reverse_survives_sigkill_at_three_points() {
     let wl = Workload::spawn(
         new.clone(),
         WorkloadConfig {
-            ops_per_sec: Some(300),
+            ops_per_sec: Some(200),
             ..cfg(8)
         },
     );

@@ -128,12 +128,20 @@ impl Engines {
         if id != want {
             return;
         }
-        let _g = self.inner.begin.lock().await;
-        info!(%state, "coming back in the reverse begun earlier");
-        let e = self.build();
-        if let Ok(mut r) = self.inner.reverse.lock() {
-            *r = Some(e.clone());
-        }
+        let e = {
+            let _g = self.inner.begin.lock().await;
+            if self.reverse_engine().is_some() {
+                return;
+            }
+            info!(%state, "coming back in the reverse begun earlier");
+            let e = self.build();
+            if let Ok(mut r) = self.inner.reverse.lock() {
+                *r = Some(e.clone());
+            }
+            e
+        };
+        // Not under the lock: taking the job may wait for an earlier holder's lease, and a
+        // `POST /reverse` meanwhile is answered at once (the reverse exists).
         e.bootstrap(false).await;
     }
 
