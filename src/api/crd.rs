@@ -302,6 +302,10 @@ pub struct MigrationJobStatus {
     /// copying or replicating while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// forward: the job replicates from spec.source to spec.target (every MigrationJob; the
+    /// operator does not run reverses yet — a standalone worker's `POST /reverse` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
     /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
