@@ -272,6 +272,17 @@ async fn reverse_refusals_not_finalized_and_old_source_written() {
     assert_eq!(st["direction"], "reverse");
     // A second reverse is refused while this one runs.
     assert_eq!(w.post("/reverse", json!({})).await.code, 409);
+    // The reverse pauses and resumes like a migration.
+    assert_eq!(w.post("/pause", json!({})).await.code, 200);
+    let st = w.wait_state("paused", Duration::from_secs(30)).await;
+    assert_eq!(st["direction"], "reverse");
+    assert_eq!(w.post("/resume", json!({})).await.code, 200);
+    w.wait_caught_up(2.0, Duration::from_secs(60)).await;
+    // Forced: finalizing the reverse reports the old source's own writes as differences
+    // (12 documents only the old source has, 1 it deleted).
+    let st = finalize(&w).await;
+    let v = &st["finalization"]["verification"];
+    assert_eq!(v["mismatchCount"], 13, "{v:#}");
 }
 
 /// Acceptance 2: the new cluster's oplog no longer holds the start point → history lost.
