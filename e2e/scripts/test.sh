@@ -15,7 +15,7 @@ passed=0
 failed=0
 failures=()
 
-step() { echo; echo "=== $* ==="; }
+step() { echo; echo "=== $* === (at $SECONDS s)"; }
 tally_cargo() { # log file
     local p f
     p=$(grep -E '^test result:' "$1" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
@@ -67,8 +67,10 @@ step "end-to-end suites (real SecantusDB servers)"
 for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
     if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && ( "$t" == operator* || "$t" == chart || "$t" == containers ) ]]; then continue; fi
     echo "--- $t"
+    suite_start=$SECONDS
     cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
         >"$LOGS/e2e-$t.log" 2>&1
+    echo "    ($t: $((SECONDS - suite_start)) s)"
     grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
     tally_cargo "$LOGS/e2e-$t.log"
     show_failures "$LOGS/e2e-$t.log"
@@ -111,5 +113,6 @@ fi
 echo
 if [[ ${#failures[@]} -gt 0 ]]; then echo "failed steps: ${failures[*]}"; fi
 echo "logs: $LOGS"
+echo "took $SECONDS s"
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -21,6 +21,10 @@ pub fn binary() -> PathBuf {
     target.join("debug").join("mongoferry")
 }
 
+/// The lease TTL of test workers (`--lease-ttl`), unless `WorkerOptions::env` sets
+/// `MONGOFERRY_LEASE_TTL`.
+pub const TEST_LEASE_TTL_SECS: u64 = 5;
+
 /// How to start a worker.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
@@ -110,6 +114,9 @@ impl WorkerProcess {
         if reset {
             cmd.arg("--reset");
         }
+        // The suites kill workers often; a 5 s lease keeps each restart from waiting out the
+        // product's 15 s default. The fencing suite sets the default back (opts.env wins).
+        cmd.env("MONGOFERRY_LEASE_TTL", TEST_LEASE_TTL_SECS.to_string());
         if let Some(t) = &self.opts.token {
             let f = self.dir.join("token");
             std::fs::write(&f, t).expect("token file");
@@ -283,6 +290,13 @@ impl WorkerProcess {
 
     pub async fn status(&self) -> Value {
         self.call("GET", "/status", None, None).await.body
+    }
+
+    /// Asserts that the worker is waiting for the job's lease that another live worker holds.
+    pub async fn assert_waits_for_the_lease(&self) {
+        let s = self.status().await;
+        let info = s["info"].as_str().unwrap_or("");
+        assert!(info.contains("another worker holds"), "{s:#}");
     }
 
     pub async fn metrics(&self) -> String {

@@ -2,8 +2,8 @@
 
 pub mod crd;
 pub mod crd_reference;
-pub mod preflight;
+pub mod preflight_report;
 pub mod status;
 
-pub use preflight::*;
+pub use preflight_report::*;
 pub use status::*;

@@ -1,4 +1,4 @@
-//! The reconcile pipeline: observe → decide (pure) → apply → status (server-side apply on
+//! The reconcile pipeline: observe → decide (pure) → act → status (server-side apply on
 //! the status subresource, field manager `mongoferry-operator`; spec is never written).
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use super::decide::{decide, Action};
 use super::error::{kube, Error, Result};
 use super::observe::{observe, worker_status};
 use super::podspec::{self, PodInputs, ANNOTATION_SPEC_HASH};
-use super::{apply, status};
+use super::{act, status};
 
 pub const FIELD_MANAGER: &str = "mongoferry-operator";
 
@@ -69,7 +69,7 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
         default_image: &ctx.worker_image,
         service_account: ctx.worker_service_account.as_deref(),
         credentials_hash: &snap.credentials_hash,
-        owner: apply::owner(job)?,
+        owner: act::owner(job)?,
     };
     let pod = podspec::worker_pod(job, &inputs);
     let hash = pod
@@ -80,7 +80,7 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
         .unwrap_or_default();
     let decision = decide(&job.spec, &snap.observed, &hash);
     debug!(actions = ?decision.actions, "decided");
-    let applied = apply::apply(ctx, job, &snap, &pod, &decision.actions).await?;
+    let applied = act::run(ctx, job, &snap, &pod, &decision.actions).await?;
     if snap.observed.deleting {
         if decision.actions.contains(&Action::RemoveFinalizer) {
             info!("worker stopped; finalizer removed");
@@ -264,7 +264,7 @@ mod tests {
                 default_image: &probe.worker_image,
                 service_account: None,
                 credentials_hash: &hash,
-                owner: apply::owner(&job).expect("owner"),
+                owner: act::owner(&job).expect("owner"),
             },
         );
         pod.status = crate::operator::testing::worker_pod("uid-1", "Running").status;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::preflight::RECHECK;
+use super::preflight_status::RECHECK;
 use crate::api::crd::{DesiredState, MigrationJobSpec, Verify};
 use crate::api::{
     CloneTuning, FinalizeRequest, ReplicationTuning, StartRequest, State, VerifyMode, WorkerStatus,
@@ -62,7 +62,7 @@ pub struct Observed {
     /// How long the job has been in the failed state (from its Failed condition).
     pub failed_for: Option<Duration>,
     /// A failed preflight of this generation, holding the start back.
-    pub preflight_hold: Option<super::preflight::Hold>,
+    pub preflight_hold: Option<super::preflight_status::Hold>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn failed_preflight_holds_the_start_until_recheck_spec_change_or_retry() {
-        use crate::operator::preflight::Hold;
+        use crate::operator::preflight_status::Hold;
         let mut o = obs(ws(State::Idle, false));
         o.preflight_hold = Some(Hold {
             summary: "1 check failed".into(),

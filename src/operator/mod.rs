@@ -3,7 +3,7 @@
 //! observe (worker pod, Secrets, worker /status) → decide (pure) → apply → status.
 //! Only the holder of the leader Lease runs the controller; losing it ends the process.
 
-pub mod apply;
+pub mod act;
 pub mod cache;
 pub mod check;
 pub mod context;
@@ -14,7 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod podspec;
-pub mod preflight;
+pub mod preflight_status;
 pub mod status;
 #[cfg(test)]
 pub mod testing;

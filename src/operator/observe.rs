@@ -79,7 +79,7 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
             .as_ref()
             .and_then(|s| true_since(s, FAILED))
             .map(|t| elapsed(t.0)),
-        preflight_hold: super::preflight::hold(
+        preflight_hold: super::preflight_status::hold(
             job.status.as_ref().and_then(|s| s.preflight.as_ref()),
             job.metadata.generation,
             now,

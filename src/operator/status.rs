@@ -9,7 +9,7 @@ use crate::api::crd::{
 use crate::api::{FinalizationReport, State, WorkerStatus};
 
 use super::decide::{CredentialsObs, Decision, Observed, WorkerObs};
-use super::preflight::{self, PREFLIGHT_PASSED};
+use super::preflight_status::{self as preflight, PREFLIGHT_PASSED};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";

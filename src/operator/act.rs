@@ -1,4 +1,4 @@
-//! Apply: carry out the decided actions against the API server and the worker.
+//! Act: carry out the decided actions against the API server and the worker.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -12,7 +12,7 @@ use super::decide::{Action, DeleteReason, WorkerCall};
 use super::error::{kube, Error, Result};
 use super::observe::{Snapshot, FINALIZER};
 use super::podspec;
-use super::preflight::Outcome;
+use super::preflight_status::Outcome;
 use super::worker_client::{CallOutcome, WorkerClient};
 
 /// Whether a worker call was made (the caller re-reads /status then), and what a start
@@ -22,7 +22,7 @@ pub struct Applied {
     pub preflight: Outcome,
 }
 
-pub async fn apply(
+pub async fn run(
     ctx: &Context,
     job: &MigrationJob,
     snap: &Snapshot,
@@ -237,7 +237,7 @@ mod tests {
             Action::CreateTokenSecret,
             Action::CreatePod,
         ];
-        let out = apply(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
+        let out = run(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
             .await
             .expect("apply");
         assert!(!out.called_worker);
@@ -292,7 +292,7 @@ mod tests {
             Action::CreatePod,
             Action::DeletePod(DeleteReason::Outdated),
         ];
-        apply(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
+        run(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
             .await
             .expect("a pod or Secret that exists is no error");
         assert_eq!(api.calls().len(), 3, "{:?}", api.calls());
@@ -309,7 +309,7 @@ mod tests {
             Action::DeletePod(DeleteReason::Stopping),
             Action::RemoveFinalizer,
         ];
-        apply(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
+        run(&ctx, &job, &snapshot(None, None), &pod_for(&job), &actions)
             .await
             .expect("apply");
         let calls = api.calls();
@@ -330,7 +330,7 @@ mod tests {
         let api = FakeApi::answering(Box::new(|_| Some(status(403, "Forbidden"))));
         let ctx = context(&api, vec![], vec![], 1);
         let job = job_with_credentials();
-        let err = apply(
+        let err = run(
             &ctx,
             &job,
             &snapshot(None, None),
@@ -352,7 +352,7 @@ mod tests {
         let job = job_with_credentials();
         let snap = snapshot(Some("127.0.0.1"), Some("tok-9"));
         let start = Action::Call(WorkerCall::Start(StartRequest::default()));
-        let out = apply(
+        let out = run(
             &ctx,
             &job,
             &snap,
@@ -380,7 +380,7 @@ mod tests {
         let resume = Action::Call(WorkerCall::Resume {
             from_failure: false,
         });
-        apply(&ctx, &job, &snap, &pod_for(&job), &[resume])
+        run(&ctx, &job, &snap, &pod_for(&job), &[resume])
             .await
             .expect("a refusal is no error");
         assert_eq!(
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(refused.body["type"], "Warning");
         assert_eq!(refused.body["note"], "resume: the migration is running");
         // Without a pod IP or token the call is skipped.
-        let out = apply(&ctx, &job, &snapshot(None, None), &pod_for(&job), &[start])
+        let out = run(&ctx, &job, &snapshot(None, None), &pod_for(&job), &[start])
             .await
             .expect("apply");
         assert!(!out.called_worker);
@@ -424,7 +424,7 @@ mod tests {
         let ctx = context(&api, vec![], vec![], port);
         let job = job_with_credentials();
         let start = Action::Call(WorkerCall::Start(StartRequest::default()));
-        let out = apply(
+        let out = run(
             &ctx,
             &job,
             &snapshot(Some("127.0.0.1"), Some("t")),
