@@ -268,11 +268,8 @@ async fn reverse_survives_sigkill_at_three_points() {
         )
         .await;
     }
-    let mut w = WorkerProcess::start(WorkerOptions {
-        args: vec!["--lease-ttl".into(), "5".into()],
-        ..fixtures::worker_opts(src.uri(), dst.uri())
-    })
-    .await;
+    // Test workers run with a 5 s lease (e2e/src/worker.rs): each restart waits it out.
+    let mut w = fixtures::worker(&src, &dst).await;
     w.start_migration(json!({})).await;
     w.wait_caught_up(2.0, Duration::from_secs(120)).await;
     assert_eq!(w.post("/finalize", json!({})).await.code, 200);

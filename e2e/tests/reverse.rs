@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::fixtures::{self, pair, worker_opts, PasswordFiles};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions, User};
+use mongoferry_e2e::fixtures::{self, pair, worker, worker_opts, PasswordFiles};
+use mongoferry_e2e::servers::{ServerOptions, User};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig};
 use serde_json::{json, Value};
@@ -16,15 +16,6 @@ const MIB: usize = 1024 * 1024;
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// A worker that restarts fast after a SIGKILL (its lease lasts 5 s).
-async fn fast_worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
-    WorkerProcess::start(WorkerOptions {
-        args: vec!["--lease-ttl".into(), "5".into()],
-        ..worker_opts(src.uri(), dst.uri())
-    })
-    .await
 }
 
 /// Start, wait until caught up, finalize: the finalized status.
@@ -149,7 +140,7 @@ async fn reverse_brings_the_old_source_level_with_the_new_cluster() {
         .await;
     }
     seed_rv(&old).await;
-    let w = fast_worker(&src, &dst).await;
+    let w = worker(&src, &dst).await;
     let st = migrate_and_finalize(&w, json!({})).await;
     let f = &st["finalization"];
     assert_eq!(f["verification"]["mismatchCount"], 0, "{f:#}");
@@ -222,7 +213,7 @@ async fn reverse_refusals_not_finalized_and_old_source_written() {
     let (src, dst) = pair().await;
     let old = src.client();
     seed_rv(&old).await;
-    let w = fast_worker(&src, &dst).await;
+    let w = worker(&src, &dst).await;
     w.start_migration(json!({})).await;
     w.wait_caught_up(2.0, Duration::from_secs(120)).await;
     let a = w.post("/reverse", json!({})).await;
@@ -296,7 +287,7 @@ async fn reverse_refused_when_history_is_lost() {
     .await;
     let old = src.client();
     seed_rv(&old).await;
-    let w = fast_worker(&src, &dst).await;
+    let w = worker(&src, &dst).await;
     migrate_and_finalize(&w, json!({})).await;
     let coll = dst.client().database("rv").collection::<Document>("a");
     for chunk in 0..30 {
@@ -346,7 +337,7 @@ async fn reverse_refused_without_write_privileges_on_the_old_source() {
     seed_rv(&src.client()).await;
     let files = PasswordFiles::new("reverse", suser, tuser);
     let w = WorkerProcess::start(WorkerOptions {
-        args: [files.args(), vec!["--lease-ttl".into(), "5".into()]].concat(),
+        args: files.args(),
         ..worker_opts(src.uri_without_credentials(), dst.uri_without_credentials())
     })
     .await;
