@@ -171,7 +171,8 @@ async fn recopy_case(mib: i64) {
 /// A collection renamed into the selection, then renamed twice more before the worker read
 /// the first rename (here: while paused), arrives whole under its last name. The copy anew of
 /// the first name finds it gone from the source; the renames after it must not be replayed as
-/// plain renames of a collection the target never received.
+/// plain renames of a collection the target never received (nor of what replayed writes to
+/// an intermediate name created there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_renamed_again_before_its_copy_anew_arrives_whole() {
     let (src, dst) = pair().await;
@@ -180,8 +181,22 @@ async fn a_collection_renamed_again_before_its_copy_anew_arrives_whole() {
     fill(&c, "app", "tmp_new", 3_000, 200).await;
     let w = running(&src, &dst, json!({})).await;
     assert_eq!(w.post("/pause", json!({})).await.code, 200);
+    // A write to each intermediate name: replayed, it creates that name on the target with
+    // one document, which must not pass for the renamed collection.
+    let one = |name: &'static str, id: i64| {
+        let c = c.clone();
+        async move {
+            c.database("app")
+                .collection::<Document>(name)
+                .insert_one(doc! {"_id": id, "between": name})
+                .await
+                .expect("insert");
+        }
+    };
     rename(&c, "app.tmp_new", "app.y1").await;
+    one("y1", 100_001).await;
     rename(&c, "app.y1", "app.y2").await;
+    one("y2", 100_002).await;
     rename(&c, "app.y2", "app.y3").await;
     c.database("app")
         .collection::<Document>("y3")
@@ -193,13 +208,13 @@ async fn a_collection_renamed_again_before_its_copy_anew_arrives_whole() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n = y3.count_documents(doc! {}).await.unwrap_or(0);
-        if n == 3_000 {
+        if n == 3_002 {
             break;
         }
         let s = w.status().await;
         assert!(
             Instant::now() < deadline,
-            "app.y3 holds {n} of 3000 documents on the target: {s:#}"
+            "app.y3 holds {n} of 3002 documents on the target: {s:#}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -361,6 +361,21 @@ pub async fn apply(
             to_coll,
         } => {
             let (from, to) = (format!("{db}.{coll}"), format!("{to_db}.{to_coll}"));
+            if store
+                .collection(&from)
+                .await?
+                .is_some_and(|e| e.kind == MOVED_ON)
+            {
+                // `from` never arrived: its copy anew found it already renamed on the source,
+                // so its data is under `to` now (or a later name). What the target holds
+                // under `from` are only writes replayed since. Copy `to` anew (recorded
+                // first, so a crash in between replays this again), then drop `from`.
+                info!(from = %from, to = %to, "renamed before its copy anew; copying the new name anew");
+                let applied = request_copy(ctx, to_db, to_coll, ts).await?;
+                run(ctx, db, doc! {"drop": coll}, &format!("dropping {from}")).await?;
+                store.forget_collection(&from).await?;
+                return Ok(applied);
+            }
             let ran = run_reporting(
                 ctx,
                 "admin",
@@ -434,6 +449,11 @@ fn op_is_view(op: &DdlOp) -> bool {
     matches!(op, DdlOp::Create { cmd, .. } if cmd.contains_key("viewOn"))
 }
 
+/// The `kind` of a catalog record of a collection that was to be copied anew but had already
+/// been renamed (or dropped) on the source: nothing to copy under this name, and its data
+/// never reached the target.
+pub const MOVED_ON: &str = "movedOn";
+
 /// Record that `db.coll` must be copied anew from the source (it was renamed into the
 /// selection, or a rename was replayed while catching up with a copy), and replace it on the
 /// target by an empty collection with the source's options. The copy itself runs as the copy
@@ -455,7 +475,18 @@ async fn request_copy(ctx: &Ctx, db: &str, coll: &str, ts: Timestamp) -> Result<
     store.forget_collection(&ns).await?;
     run(ctx, db, doc! {"drop": coll}, &format!("dropping {ns}")).await?;
     let Some(spec) = spec else {
-        // Gone from the source since: a later event drops or renames it.
+        // Gone from the source since: a later event drops or renames it. Remember that its
+        // data never arrived, so that a later rename copies the new name anew.
+        store
+            .upsert_collection(&CollectionEntry {
+                ns: ns.clone(),
+                db: db.to_string(),
+                coll: coll.to_string(),
+                kind: MOVED_ON.into(),
+                recopy_ts: Some(ts),
+                ..Default::default()
+            })
+            .await?;
         return Ok(Applied::Done);
     };
     let options = spec.get_document("options").cloned().unwrap_or_default();
