@@ -49,20 +49,37 @@ pub async fn replicate(
     cancel: &CancellationToken,
     cutoff: Option<Timestamp>,
 ) -> Result<ReplOutcome> {
-    let (resume_ts, filter, copy_finish) = {
+    let (resume_ts, resume_token, filter, copy_finish) = {
         let c = cp.lock().await;
-        let ts = c.resume_ts.or(c.start_ts).ok_or(EngineError::NoStartTime)?;
+        let (ts, token) = match c.resume_ts {
+            Some(ts) => (ts, c.resume_token.clone()),
+            None => (
+                c.start_ts.ok_or(EngineError::NoStartTime)?,
+                c.start_token.clone(),
+            ),
+        };
         let f = NamespaceFilter::new(&c.options.include_namespaces, &c.options.exclude_namespaces)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        (ts, f, c.catch_up_ts.or(c.copy_finish_ts))
+        (ts, token, f, c.catch_up_ts.or(c.copy_finish_ts))
     };
     if let Some(cut) = cutoff {
         if resume_ts > cut {
             return Ok(ReplOutcome::ReachedCutoff);
         }
     }
-    check_oplog_floor(&ctx.source, resume_ts).await?;
-    ctx.live.set_applied(resume_ts);
+    let resume_after = match &resume_token {
+        Some(t) => Some(
+            mongodb::bson::from_document::<mongodb::change_stream::event::ResumeToken>(t.clone())
+                .map_err(|e| EngineError::BadEvent(format!("the saved resume token: {e}")))?,
+        ),
+        None => None,
+    };
+    if resume_after.is_none() {
+        // Resuming from a time: the server may not check that its oplog still holds it.
+        // (From a token, the server seeks the token and refuses lost history itself.)
+        check_oplog_floor(&ctx.source, resume_ts).await?;
+    }
+    ctx.live.set_applied_at(resume_ts, resume_token);
     let capped: HashSet<String> = ctx
         .store
         .all_collections()
@@ -72,17 +89,22 @@ pub async fn replicate(
         .map(|c| c.ns)
         .collect();
 
-    let mut stream = ctx
+    let watch = ctx
         .source
         .watch()
         .show_expanded_events(true)
-        .start_at_operation_time(resume_ts)
         .max_await_time(Duration::from_millis(300))
-        .batch_size(5000)
+        .batch_size(5000);
+    let by_token = resume_after.is_some();
+    let watch = match resume_after {
+        Some(t) => watch.resume_after(t),
+        None => watch.start_at_operation_time(resume_ts),
+    };
+    let mut stream = watch
         .await
         .map_err(|e| stream_error(e, resume_ts))?
         .with_type::<RawDocumentBuf>();
-    info!(from = %optime::ts_string(resume_ts), workers = tuning.repl_workers, "replicating");
+    info!(from = %optime::ts_string(resume_ts), by_token, workers = tuning.repl_workers, "replicating");
 
     let mut senders = Vec::new();
     let mut handles = Vec::new();
@@ -100,6 +122,8 @@ pub async fn replicate(
     let mut last_save = Instant::now();
     let mut dispatched_ts = resume_ts;
     let mut marked_ts = resume_ts;
+    let mut marked_token: Option<Document> = None;
+    let mut past_cutoff = false;
     let mut outcome = ReplOutcome::Stopped;
     let result: Result<()> = async {
         loop {
@@ -123,6 +147,8 @@ pub async fn replicate(
                     let ts = ev.get_timestamp("clusterTime").unwrap_or(dispatched_ts);
                     if cutoff.is_some_and(|c| ts > c) {
                         outcome = ReplOutcome::ReachedCutoff;
+                        // The stream's position is this event's, which is not applied.
+                        past_cutoff = true;
                         break;
                     }
                     ctx.metrics.events_read.inc();
@@ -156,9 +182,11 @@ pub async fn replicate(
                 }
             }
             if idle || last_marker.elapsed() >= MARKER_INTERVAL {
-                if dispatched_ts > marked_ts {
-                    router.mark(dispatched_ts).await?;
+                let token = stream.resume_token().as_ref().and_then(token_doc);
+                if dispatched_ts > marked_ts || (token.is_some() && token != marked_token) {
+                    router.mark(dispatched_ts, token.clone()).await?;
                     marked_ts = dispatched_ts;
+                    marked_token = token;
                 }
                 last_marker = Instant::now();
             }
@@ -192,8 +220,13 @@ pub async fn replicate(
             }
         }
         // Drain: flush everything dispatched and wait for it.
-        if dispatched_ts > marked_ts {
-            router.mark(dispatched_ts).await?;
+        let token = if past_cutoff {
+            None
+        } else {
+            stream.resume_token().as_ref().and_then(token_doc)
+        };
+        if dispatched_ts > marked_ts || (token.is_some() && token != marked_token) {
+            router.mark(dispatched_ts, token).await?;
         }
         router.settle(true).await
     }
@@ -209,14 +242,53 @@ pub async fn replicate(
 
 async fn save_progress(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>) -> Result<()> {
     let mut c = cp.lock().await;
-    let applied = ctx.live.applied();
+    let (applied, token) = ctx.live.applied_position();
     if c.resume_ts.is_none_or(|r| applied > r) {
         c.resume_ts = Some(applied);
+        c.resume_token = token;
+    } else if c.resume_ts == Some(applied) && token.is_some() {
+        // A later position at the same op time (events of one transaction share it).
+        c.resume_token = token;
     }
     c.events_applied = ctx.live.events_applied.load(Ordering::Relaxed) as i64;
     c.events_read = ctx.live.events_read.load(Ordering::Relaxed) as i64;
     ctx.store.save(&mut c).await?;
     Ok(())
+}
+
+/// Where the source's change stream stands now: its cluster time, then the post-batch resume
+/// token of an empty cluster-wide stream opened right after (none where the server gives
+/// none). Replication from the copy's start resumes after that token; every event after it is
+/// delivered, and the server finds it without reading its oplog (a start at a time makes
+/// SecantusDB read its whole oplog: seconds for a million entries).
+pub async fn stream_position(source: &Client) -> Result<(Timestamp, Option<Document>)> {
+    let ts = super::conn::cluster_time(source, Side::Source).await?;
+    let admin = source.database("admin");
+    let what = "opening the change stream";
+    let reply = admin
+        .run_command(doc! {
+            "aggregate": 1,
+            "pipeline": [{"$changeStream": {"allChangesForCluster": true, "showExpandedEvents": true}}],
+            "cursor": {"batchSize": 0},
+        })
+        .await
+        .map_err(|e| EngineError::mongo(Side::Source, what, e))?;
+    let cursor = reply.get_document("cursor").ok();
+    let token = cursor
+        .and_then(|c| c.get_document("postBatchResumeToken").ok())
+        .cloned();
+    if let Some(id) = cursor
+        .and_then(|c| c.get_i64("id").ok())
+        .filter(|i| *i != 0)
+    {
+        if let Err(e) = admin
+            .run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
+            .await
+        {
+            tracing::debug!(error = %e, "cannot close the probe change stream");
+        }
+    }
+    Ok((ts, token))
 }
 
 /// Refuse to start from a time the source's oplog no longer holds. mongod refuses such a
@@ -253,6 +325,14 @@ pub async fn check_oplog_floor(source: &Client, from: Timestamp) -> Result<()> {
             warn!(error = %e, "cannot read the source oplog's oldest entry; relying on the server to refuse lost history");
             Ok(())
         }
+    }
+}
+
+/// A resume token as the document saved in the checkpoint.
+fn token_doc(t: &mongodb::change_stream::event::ResumeToken) -> Option<Document> {
+    match mongodb::bson::to_bson(t).ok()? {
+        mongodb::bson::Bson::Document(d) => Some(d),
+        _ => None,
     }
 }
 

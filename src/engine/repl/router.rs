@@ -26,6 +26,8 @@ pub const QUEUE_BUDGET_KIB: u32 = 64 * 1024;
 
 struct Marker {
     ts: Timestamp,
+    /// The stream position the marker stands for, where known.
+    token: Option<Document>,
     /// One acknowledgement per applier; `None` once received.
     acks: Vec<Option<oneshot::Receiver<Result<u64>>>>,
 }
@@ -140,7 +142,7 @@ impl Router {
             time: ts.time,
             increment: ts.increment.saturating_sub(1),
         };
-        self.mark(before).await?;
+        self.mark(before, None).await?;
         self.settle(true).await?;
         let mut routed = Routed::Done;
         for op in &ops {
@@ -154,7 +156,9 @@ impl Router {
                 .with_label_values(&[op.name()])
                 .inc();
         }
-        self.ctx.live.set_applied(ts);
+        self.ctx
+            .live
+            .set_applied_at(ts, ev.get_document("_id").ok().cloned());
         self.ctx.metrics.events_applied.inc();
         self.ctx.live.events_applied.fetch_add(1, Ordering::Relaxed);
         Ok(routed)
@@ -186,8 +190,8 @@ impl Router {
         }
     }
 
-    /// Send a flush marker for everything dispatched up to `ts`.
-    pub async fn mark(&mut self, ts: Timestamp) -> Result<()> {
+    /// Send a flush marker for everything dispatched up to `ts`, the stream position `token`.
+    pub async fn mark(&mut self, ts: Timestamp, token: Option<Document>) -> Result<()> {
         let mut acks = Vec::with_capacity(self.senders.len());
         for s in &self.senders {
             let (tx, rx) = oneshot::channel();
@@ -196,7 +200,7 @@ impl Router {
                 .map_err(|_| EngineError::TaskStopped("an applier"))?;
             acks.push(Some(rx));
         }
-        self.markers.push_back(Marker { ts, acks });
+        self.markers.push_back(Marker { ts, token, acks });
         Ok(())
     }
 
@@ -231,7 +235,7 @@ impl Router {
                 break;
             }
             if let Some(m) = self.markers.pop_front() {
-                self.ctx.live.set_applied(m.ts);
+                self.ctx.live.set_applied_at(m.ts, m.token);
             }
         }
         Ok(())

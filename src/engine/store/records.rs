@@ -19,12 +19,21 @@ pub struct Checkpoint {
     pub options: StartRequest,
     /// Source cluster time taken before listing: replication starts here.
     pub start_ts: Option<Timestamp>,
+    /// The change stream's resume token taken with `start_ts` (before listing): replication
+    /// resumes after it, which the server finds without reading its oplog. `None` where the
+    /// server gave none (replication then starts at `start_ts`).
+    pub start_token: Option<Document>,
     pub catalog_done: bool,
     pub clone_completed: bool,
     /// Source cluster time when the copy finished: replication past it = consistent.
     pub copy_finish_ts: Option<Timestamp>,
     /// Every event before this op time is durably applied: resume point.
     pub resume_ts: Option<Timestamp>,
+    /// The resume token at `resume_ts`: every event up to and including it is durably
+    /// applied. Replication resumes after it (`resumeAfter`: the server seeks it, and refuses
+    /// with ChangeStreamHistoryLost if its oplog no longer holds it); without one, at
+    /// `resume_ts`.
+    pub resume_token: Option<Document>,
     pub events_applied: i64,
     pub events_read: i64,
     pub estimated_bytes: i64,
