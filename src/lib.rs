@@ -13,6 +13,8 @@ pub mod telemetry;
 pub mod worker;
 
 #[cfg(test)]
+mod architecture_tests;
+#[cfg(test)]
 mod chart_tests;
 #[cfg(test)]
 mod test_support;

@@ -46,7 +46,7 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
         },
         Verb::Operator(a) => match &a.command {
             Some(OperatorCommand::Check(c)) => {
-                let report = mongoferry::operator::check::run(c).await?;
+                let report = mongoferry::operator::check::run(&c.options()).await?;
                 if c.json {
                     print_json(&serde_json::to_value(&report)?);
                 } else {
@@ -58,7 +58,7 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                     Err("the installation check failed".into())
                 }
             }
-            None => Ok(mongoferry::operator::run(a).await?),
+            None => Ok(mongoferry::operator::run(a.options()).await?),
         },
         Verb::Crd(a) if a.reference => {
             print!("{}", mongoferry::api::crd_reference::markdown()?);
@@ -75,6 +75,7 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                 read_workers: a.clone_read_workers,
                 insert_workers: a.clone_insert_workers,
                 batch_bytes: a.clone_batch_bytes,
+                partition_bytes: a.clone_partition_bytes,
             };
             let replication = ReplicationTuning {
                 workers: a.repl_workers,

@@ -11,7 +11,7 @@
 //! Used by `e2e/tests/faults.rs` (quick subset) and `src/bin/faults.rs` (the full matrix,
 //! which writes docs/reliability.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
@@ -19,9 +19,11 @@ use mongodb::Client;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::certs::make_certs;
 use crate::compare::{compare, render, CompareOptions};
 use crate::faultproxy::FaultProxy;
-use crate::servers::{MongoServer, ServerKind, ServerOptions, TlsFiles};
+use crate::fixtures::{worker_opts, PasswordFiles};
+use crate::servers::{MongoServer, ServerKind, ServerOptions};
 use crate::worker::{WorkerOptions, WorkerProcess};
 use crate::workload::{seed_dataset, SeedSpec, SizeDistribution, Workload, WorkloadConfig};
 
@@ -274,14 +276,6 @@ async fn server(kind: ServerKind, sync: bool, test_cmds: bool) -> R<MongoServer>
     })
     .await
     .map_err(ms)
-}
-
-fn worker_opts(source: String, target: String) -> WorkerOptions {
-    WorkerOptions {
-        source,
-        target,
-        ..Default::default()
-    }
 }
 
 /// Run a case body as a task: a panic becomes a failed case instead of aborting the run.
@@ -860,83 +854,6 @@ pub async fn slow_target(bps: u64, hold: Duration) -> CaseResult {
 // ---------------------------------------------------------------------------------------
 // TLS.
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` CLI, in `dir`:
-/// `ca.pem`, `server.pem`, `server.key`. `None` when openssl is not usable.
-pub fn make_certs(dir: &Path) -> Option<TlsFiles> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::create_dir_all(dir).ok()?;
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .ok()?;
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mongoferry-test-ca",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    ];
-    for step in steps {
-        if !run(step) {
-            return None;
-        }
-    }
-    Some(TlsFiles {
-        cert_file: dir.join("server.pem"),
-        key_file: dir.join("server.key"),
-        ca_file: Some(dir.join("ca.pem")),
-        client_pem: None,
-    })
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1153,23 +1070,9 @@ pub async fn secret_scan() -> CaseResult {
         .await
         .map_err(ms)?;
         seed(&src.client(), 1, 300, 2).await?;
-        let dir = temp_dir("secrets");
-        std::fs::create_dir_all(&dir).map_err(ms)?;
-        for (f, pw) in [("s", spw), ("t", tpw), ("bad", wrong)] {
-            std::fs::write(dir.join(f), pw).map_err(ms)?;
-        }
-        let files = |sfile: &str| {
-            vec![
-                "--source-username".to_string(),
-                suser.name.clone(),
-                "--source-password-file".into(),
-                dir.join(sfile).display().to_string(),
-                "--target-username".into(),
-                tuser.name.clone(),
-                "--target-password-file".into(),
-                dir.join("t").display().to_string(),
-            ]
-        };
+        let passwords = PasswordFiles::new("secrets", suser.clone(), tuser.clone());
+        passwords.add("bad", wrong);
+        let files = |sfile: &str| passwords.args_with_source_file(sfile);
         let good = WorkerProcess::start(WorkerOptions {
             args: files("s"),
             token: Some("api-T0ken-4411".into()),
@@ -1225,7 +1128,6 @@ pub async fn secret_scan() -> CaseResult {
             format!("secrets found: {found:?}")
         };
         res.detail = format!("wrong password → {bst}");
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
     .await;

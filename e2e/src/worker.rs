@@ -395,6 +395,27 @@ impl WorkerProcess {
             .unwrap_or(0)
     }
 
+    /// Poll status until `done` holds, sampling the peak resident memory meanwhile: the
+    /// last status and the peak in bytes. Panics after `timeout`, naming `what`.
+    pub async fn wait_with_peak_rss(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Value, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut peak = 0;
+        loop {
+            peak = peak.max(self.peak_rss());
+            let s = self.status().await;
+            if done(&s) {
+                return (s, peak.max(self.peak_rss()));
+            }
+            assert!(Instant::now() < deadline, "{what} did not finish: {s:#}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// How many times the process was started.
     pub fn starts(&self) -> u32 {
         self.starts

@@ -1229,6 +1229,19 @@ impl Workload {
     }
 }
 
+/// The change-stream DDL event types (`showExpandedEvents`) a migration replicates: what
+/// DDL on the source produces, and the `operation` labels of the worker's
+/// `mongoferry_ddl_applied_total`.
+pub const DDL_EVENTS: &[&str] = &[
+    "create",
+    "createIndexes",
+    "dropIndexes",
+    "modify",
+    "rename",
+    "drop",
+    "dropDatabase",
+];
+
 /// A dataset to bulk-load with [`seed_dataset`].
 #[derive(Debug, Clone)]
 pub struct SeedSpec {

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
 use mongoferry_e2e::controlplane::ControlPlane;
-use mongoferry_e2e::servers::{MongoServer, ServerOptions, User};
+use mongoferry_e2e::fixtures::{self, credentials_secret_yaml};
+use mongoferry_e2e::kubectl::{condition, repo_root as root, Kubectl, CHART_CRD};
+use mongoferry_e2e::servers::User;
+use mongoferry_e2e::wait::wait_for;
 use mongoferry_e2e::worker::binary;
 use mongoferry_e2e::workload::{seed_dataset, SeedSpec, Workload, WorkloadConfig};
 use serde_json::Value;
@@ -26,13 +29,6 @@ const RELEASE_NS: &str = "mongoferry-system";
 const JOBS_NS: &str = "migrations";
 /// `<release>-<chart>`.
 const FULLNAME: &str = "mf-mongoferry";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root")
-        .to_path_buf()
-}
 
 fn chart_dir() -> String {
     root().join("charts/mongoferry").display().to_string()
@@ -88,78 +84,6 @@ fn helm_ok(cp: Option<&ControlPlane>, args: &[&str]) -> String {
     let o = helm(cp, args);
     assert!(o.status.success(), "helm {args:?} failed:\n{}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
-    let out = cp.kubectl(args).map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(text(&out))
-    }
-}
-
-fn k(cp: &ControlPlane, args: &[&str]) -> String {
-    kubectl(cp, args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
-
-fn write_tmp(cp: &ControlPlane, name: &str, body: &str) -> String {
-    let path = cp.state_dir.join(name);
-    std::fs::write(&path, body).expect("write manifest");
-    path.display().to_string()
-}
-
-fn get(cp: &ControlPlane, ns: &str, kind: &str, name: &str) -> Option<Value> {
-    kubectl(cp, &["get", "-n", ns, kind, name, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-fn list(cp: &ControlPlane, ns: &str, kind: &str, selector: &str) -> Vec<Value> {
-    let s = k(cp, &["get", "-n", ns, kind, "-l", selector, "-o", "json"]);
-    let v: Value = serde_json::from_str(&s).expect("list json");
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Apply the chart's CRD and wait until it is served.
-fn install_crd(cp: &ControlPlane) {
-    let crd = root().join("charts/mongoferry/crds/mongoferry.io_migrationjobs.yaml");
-    k(cp, &["apply", "-f", &crd.display().to_string()]);
-    wait_for("CRD established", Duration::from_secs(30), || {
-        kubectl(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd/migrationjobs.mongoferry.io",
-                "--timeout=10s",
-            ],
-        )
-        .ok()
-    });
-}
-
-fn condition(job: &Value, ty: &str) -> Option<String> {
-    job["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .and_then(|c| c["status"].as_str().map(str::to_string))
 }
 
 fn ready(pod: &Value) -> bool {
@@ -321,9 +245,10 @@ fn plain_manifests_match_the_chart() {
 #[test]
 fn rendered_chart_passes_server_dry_run() {
     let cp = ControlPlane::start(&binary()).expect("control plane");
-    install_crd(&cp);
+    let kc = Kubectl::new(&cp);
+    kc.install_crd(CHART_CRD);
     for ns in [RELEASE_NS, "a", "b"] {
-        k(&cp, &["create", "namespace", ns]);
+        kc.ok(&["create", "namespace", ns]);
     }
     let chart = chart_dir();
     // (values, objects rendered): the defaults; two watched namespaces (a Role, worker
@@ -359,8 +284,9 @@ fn rendered_chart_passes_server_dry_run() {
             args.extend(["--set", s]);
         }
         let yaml = helm_ok(None, &args);
-        let path = write_tmp(&cp, &format!("rendered-{i}.yaml"), &yaml);
-        let out = kubectl(&cp, &["apply", "--dry-run=server", "-f", &path])
+        let path = kc.write_manifest(&format!("rendered-{i}.yaml"), &yaml);
+        let out = kc
+            .run(&["apply", "--dry-run=server", "-f", &path])
             .unwrap_or_else(|e| panic!("server dry-run of {set:?} failed:\n{e}\n{yaml}"));
         let created = out
             .lines()
@@ -382,7 +308,7 @@ fn rendered_chart_passes_server_dry_run() {
             "templates/serviceaccount.yaml",
         ],
     );
-    k(&cp, &["apply", "-f", &write_tmp(&cp, "sa.yaml", &yaml)]);
+    kc.ok(&["apply", "-f", &kc.write_manifest("sa.yaml", &yaml)]);
     let yaml = helm_ok(
         None,
         &[
@@ -395,16 +321,14 @@ fn rendered_chart_passes_server_dry_run() {
             "templates/tests/check.yaml",
         ],
     );
-    let out = kubectl(
-        &cp,
-        &[
+    let out = kc
+        .run(&[
             "apply",
             "--dry-run=server",
             "-f",
-            &write_tmp(&cp, "test-pod.yaml", &yaml),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("server dry-run of the test Pod failed:\n{e}\n{yaml}"));
+            &kc.write_manifest("test-pod.yaml", &yaml),
+        ])
+        .unwrap_or_else(|e| panic!("server dry-run of the test Pod failed:\n{e}\n{yaml}"));
     assert!(
         out.contains("pod/mf-mongoferry-check created (server dry run)"),
         "{out}"
@@ -426,7 +350,8 @@ fn rendered_chart_passes_server_dry_run() {
     assert!(yaml.contains("kind: ServiceMonitor") && yaml.contains("kind: PodMonitor"));
     assert!(yaml.contains("honorLabels: true"));
     let manifests = root().join("deploy/mongoferry.yaml").display().to_string();
-    let out = kubectl(&cp, &["apply", "--dry-run=server", "-f", &manifests])
+    let out = kc
+        .run(&["apply", "--dry-run=server", "-f", &manifests])
         .unwrap_or_else(|e| panic!("deploy/mongoferry.yaml:\n{e}"));
     println!("dry-run=server deploy/mongoferry.yaml:\n{out}");
 }
@@ -439,32 +364,27 @@ fn rendered_chart_passes_server_dry_run() {
 async fn install_migrate_test_uninstall() {
     let started = Instant::now();
     let cp = ControlPlane::start(&binary()).expect("control plane");
+    let kc = Kubectl::new(&cp);
     // Both namespaces enforce the `restricted` Pod Security Standard: the API server's
     // PodSecurity admission refuses operator, worker or test pods that are not hardened.
     for ns in [RELEASE_NS, JOBS_NS] {
-        k(&cp, &["create", "namespace", ns]);
-        k(
-            &cp,
-            &[
-                "label",
-                "namespace",
-                ns,
-                "pod-security.kubernetes.io/enforce=restricted",
-            ],
-        );
+        kc.ok(&["create", "namespace", ns]);
+        kc.ok(&[
+            "label",
+            "namespace",
+            ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]);
     }
-    let refused = kubectl(
-        &cp,
-        &[
-            "run",
-            "plain",
-            "-n",
-            JOBS_NS,
-            "--image=mongoferry",
-            "--restart=Never",
-            "--dry-run=server",
-        ],
-    );
+    let refused = kc.run(&[
+        "run",
+        "plain",
+        "-n",
+        JOBS_NS,
+        "--image=mongoferry",
+        "--restart=Never",
+        "--dry-run=server",
+    ]);
     assert!(
         refused
             .as_ref()
@@ -472,13 +392,9 @@ async fn install_migrate_test_uninstall() {
         "PodSecurity admission is not enforced: {refused:?}"
     );
     let user = User::new("ferry", PASSWORD, &[("root", "admin")]);
-    let opts = || ServerOptions {
-        auth_users: vec![user.clone()],
-        ..ServerOptions::rust()
-    };
     let (src, dst) = (
-        MongoServer::start(opts()).await.expect("source"),
-        MongoServer::start(opts()).await.expect("target"),
+        fixtures::auth_server(vec![user.clone()]).await,
+        fixtures::auth_server(vec![user.clone()]).await,
     );
     let mut seed = SeedSpec::new("shop", "orders", 2000);
     seed.batch_size = 500;
@@ -514,9 +430,10 @@ async fn install_migrate_test_uninstall() {
     let operator_sel =
         format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator");
     let pods = wait_for("both operator pods Ready", Duration::from_secs(60), || {
-        let pods = list(&cp, RELEASE_NS, "pods", &operator_sel);
+        let pods = kc.list(RELEASE_NS, "pods", &operator_sel);
         (pods.len() == 2 && pods.iter().all(ready)).then_some(pods)
-    });
+    })
+    .await;
     let names: Vec<String> = pods
         .iter()
         .map(|p| {
@@ -541,11 +458,12 @@ async fn install_migrate_test_uninstall() {
         "an operator pod holds the Lease",
         Duration::from_secs(30),
         || {
-            get(&cp, RELEASE_NS, "lease", FULLNAME)
+            kc.get_in(RELEASE_NS, "lease", FULLNAME)
                 .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
                 .filter(|h| names.contains(h))
         },
-    );
+    )
+    .await;
     println!("operator pods {names:?}, leader {holder}");
 
     // Namespaced RBAC only: the chart's ServiceAccount may act in the watched namespace and
@@ -563,7 +481,7 @@ async fn install_migrate_test_uninstall() {
     assert!(!can("list", "secrets", "default"));
     assert!(!can("create", "pods", RELEASE_NS));
     assert!(
-        k(&cp, &["get", "clusterrolebindings", "-o", "name"])
+        kc.ok(&["get", "clusterrolebindings", "-o", "name"])
             .lines()
             .all(|l| !l.contains(FULLNAME)),
         "a ClusterRoleBinding was created in namespaced mode"
@@ -571,15 +489,13 @@ async fn install_migrate_test_uninstall() {
     println!("RBAC: namespaced to {JOBS_NS} (+ the Lease in {RELEASE_NS})");
 
     // A MigrationJob, run by the operator pods.
-    let secret = |name: &str| {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {JOBS_NS}\ntype: Opaque\nstringData:\n  username: ferry\n  password: {PASSWORD:?}\n"
-        )
-    };
-    let job = format!(
-        "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: mig\n  namespace: {JOBS_NS}\nspec:\n  source:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: source-credentials}}\n  target:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: target-credentials}}\n  finalize:\n    verify: full\n    # The test servers lack setUserWriteBlockMode (docs/known-differences.md).\n    blockSourceWrites: false\n",
-        src.host(),
-        dst.host()
+    let secret = |name: &str| credentials_secret_yaml(name, Some(JOBS_NS), "ferry", PASSWORD);
+    let job = fixtures::job_yaml(
+        "mig",
+        Some(JOBS_NS),
+        &src,
+        &dst,
+        "  finalize:\n    verify: full\n    # The test servers lack setUserWriteBlockMode (docs/known-differences.md).\n    blockSourceWrites: false\n",
     );
     let manifest = [
         secret("source-credentials"),
@@ -587,11 +503,13 @@ async fn install_migrate_test_uninstall() {
         job,
     ]
     .join("---\n");
-    let path = write_tmp(&cp, "job.yaml", &manifest);
-    k(&cp, &["apply", "-f", &path]);
+    let path = kc.write_manifest("job.yaml", &manifest);
+    kc.ok(&["apply", "-f", &path]);
     let worker = wait_for("worker pod running", Duration::from_secs(60), || {
-        get(&cp, JOBS_NS, "pod", "mig-worker").filter(|p| p["status"]["phase"] == "Running")
-    });
+        kc.get_in(JOBS_NS, "pod", "mig-worker")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
     assert_eq!(
         worker["spec"]["serviceAccountName"],
         format!("{FULLNAME}-worker"),
@@ -612,13 +530,9 @@ async fn install_migrate_test_uninstall() {
 
     // The NetworkPolicies and the metrics Service select the pods that really exist (the
     // pod runner does not enforce policies, so at least their selectors must be right).
-    let np = get(
-        &cp,
-        JOBS_NS,
-        "networkpolicy",
-        &format!("{FULLNAME}-workers"),
-    )
-    .expect("worker NetworkPolicy in the watched namespace");
+    let np = kc
+        .get_in(JOBS_NS, "networkpolicy", &format!("{FULLNAME}-workers"))
+        .expect("worker NetworkPolicy in the watched namespace");
     assert!(selects(&np["spec"]["podSelector"]["matchLabels"], &worker));
     let from = &np["spec"]["ingress"][0]["from"][0];
     assert_eq!(
@@ -629,17 +543,15 @@ async fn install_migrate_test_uninstall() {
         .iter()
         .all(|p| selects(&from["podSelector"]["matchLabels"], p)));
     assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 2242);
-    let np = get(
-        &cp,
-        RELEASE_NS,
-        "networkpolicy",
-        &format!("{FULLNAME}-operator"),
-    )
-    .expect("operator NetworkPolicy");
+    let np = kc
+        .get_in(RELEASE_NS, "networkpolicy", &format!("{FULLNAME}-operator"))
+        .expect("operator NetworkPolicy");
     assert!(pods
         .iter()
         .all(|p| selects(&np["spec"]["podSelector"]["matchLabels"], p)));
-    let svc = get(&cp, RELEASE_NS, "service", &format!("{FULLNAME}-metrics")).expect("Service");
+    let svc = kc
+        .get_in(RELEASE_NS, "service", &format!("{FULLNAME}-metrics"))
+        .expect("Service");
     assert!(pods.iter().all(|p| selects(&svc["spec"]["selector"], p)));
     assert!(!selects(&svc["spec"]["selector"], &worker));
     println!("NetworkPolicies and the metrics Service select the operator and worker pods");
@@ -653,12 +565,13 @@ async fn install_migrate_test_uninstall() {
             ..Default::default()
         },
     );
-    let get_job = || get(&cp, JOBS_NS, "mj", "mig");
+    let get_job = || kc.get_in(JOBS_NS, "mj", "mig");
     wait_for("replicating, caught up", Duration::from_secs(120), || {
         get_job().filter(|j| {
             j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
         })
-    });
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = wl.stop().await;
     println!("workload: {} ops", stats.total_ops());
@@ -668,34 +581,14 @@ async fn install_migrate_test_uninstall() {
                 .as_i64()
                 .is_some_and(|l| l <= 2)
         })
-    });
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "-n",
-            JOBS_NS,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"desiredState":"finalized"}}"#,
-        ],
-    );
-    k(
-        &cp,
-        &[
-            "wait",
-            "-n",
-            JOBS_NS,
-            "mj/mig",
-            "--for=condition=Finalized",
-            "--timeout=180s",
-        ],
-    );
+    })
+    .await;
+    kc.finalize(Some(JOBS_NS), "mig", Duration::from_secs(180));
     let j = get_job().expect("job");
-    assert_eq!(condition(&j, "Finalized").as_deref(), Some("True"));
+    assert_eq!(
+        condition(&j, "Finalized").map(|c| c.status).as_deref(),
+        Some("True")
+    );
     assert_eq!(
         j["status"]["finalization"]["verification"]["mismatchCount"], 0,
         "{}",
@@ -745,22 +638,19 @@ async fn install_migrate_test_uninstall() {
     assert!(out.contains("Phase:          Succeeded"), "{out}");
 
     // Delete the job while the operator can still stop its worker.
-    k(
-        &cp,
-        &[
-            "delete",
-            "mj",
-            "mig",
-            "-n",
-            JOBS_NS,
-            "--wait=true",
-            "--timeout=90s",
-        ],
-    );
-    assert!(get(&cp, JOBS_NS, "pod", "mig-worker").is_none());
+    kc.ok(&[
+        "delete",
+        "mj",
+        "mig",
+        "-n",
+        JOBS_NS,
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    assert!(kc.get_in(JOBS_NS, "pod", "mig-worker").is_none());
 
     // The check is not vacuous: without the Role binding in the watched namespace it fails.
-    k(&cp, &["delete", "rolebinding", FULLNAME, "-n", JOBS_NS]);
+    kc.ok(&["delete", "rolebinding", FULLNAME, "-n", JOBS_NS]);
     let o = helm(
         Some(&cp),
         &[
@@ -786,7 +676,7 @@ async fn install_migrate_test_uninstall() {
     );
 
     // (g) helm uninstall: no operator pod is left.
-    assert_eq!(list(&cp, RELEASE_NS, "pods", &operator_sel).len(), 2);
+    assert_eq!(kc.list(RELEASE_NS, "pods", &operator_sel).len(), 2);
     let t = Instant::now();
     helm_ok(
         Some(&cp),
@@ -801,12 +691,13 @@ async fn install_migrate_test_uninstall() {
         ],
     );
     wait_for("no operator pods", Duration::from_secs(60), || {
-        list(&cp, RELEASE_NS, "pods", &operator_sel)
+        kc.list(RELEASE_NS, "pods", &operator_sel)
             .is_empty()
             .then_some(())
-    });
+    })
+    .await;
     println!("helm uninstall: {:.1}s", t.elapsed().as_secs_f64());
-    assert!(get(&cp, RELEASE_NS, "deployment", FULLNAME).is_none());
+    assert!(kc.get_in(RELEASE_NS, "deployment", FULLNAME).is_none());
     println!(
         "whole install test: {:.1}s",
         started.elapsed().as_secs_f64()

@@ -6,51 +6,13 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, compare, CompareOptions};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions, User};
+use mongoferry_e2e::fixtures::{pair, seed, server, worker, PasswordFiles};
+use mongoferry_e2e::servers::{ServerOptions, User};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
-use mongoferry_e2e::workload::{
-    seed_dataset, SeedSpec, SizeDistribution, Workload, WorkloadConfig,
-};
+use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig, DDL_EVENTS};
 use serde_json::json;
 
 const MIB: u64 = 1024 * 1024;
-
-async fn server(opts: ServerOptions) -> MongoServer {
-    MongoServer::start(opts)
-        .await
-        .expect("start a SecantusDB server")
-}
-
-async fn pair() -> (MongoServer, MongoServer) {
-    (
-        server(ServerOptions::rust()).await,
-        server(ServerOptions::rust()).await,
-    )
-}
-
-async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
-    WorkerProcess::start(WorkerOptions {
-        source: src.uri(),
-        target: dst.uri(),
-        ..Default::default()
-    })
-    .await
-}
-
-async fn seed(
-    c: &Client,
-    db: &str,
-    coll: &str,
-    n: u64,
-    sizes: SizeDistribution,
-    seed_no: u64,
-) -> u64 {
-    let mut spec = SeedSpec::new(db, coll, n);
-    spec.sizes = sizes;
-    spec.seed = seed_no;
-    spec.batch_size = 500;
-    seed_dataset(c, &spec).await.expect("seed").bytes
-}
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -354,15 +316,7 @@ async fn ddl_is_replicated() {
         .contains(&"tmpdb".to_string()));
     assert_same(&c, &t, CompareOptions::relaxed()).await;
     let m = w.metrics().await;
-    for op in [
-        "create",
-        "createIndexes",
-        "dropIndexes",
-        "modify",
-        "rename",
-        "drop",
-        "dropDatabase",
-    ] {
+    for op in DDL_EVENTS {
         assert!(
             m.contains(&format!(
                 "mongoferry_ddl_applied_total{{operation=\"{op}\"}}"
@@ -796,23 +750,9 @@ async fn authentication_and_secrets() {
     .await;
     let c = src.client();
     seed(&c, "sec", "c", 500, SizeDistribution::Fixed(300), 1).await;
-    let dir = std::env::temp_dir().join(format!("mf-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("s"), spw).expect("pw");
-    std::fs::write(dir.join("t"), tpw).expect("pw");
-    std::fs::write(dir.join("bad"), "not-the-password").expect("pw");
-    let args = |sfile: &str| {
-        vec![
-            "--source-username".to_string(),
-            suser.name.clone(),
-            "--source-password-file".into(),
-            dir.join(sfile).display().to_string(),
-            "--target-username".into(),
-            tuser.name.clone(),
-            "--target-password-file".into(),
-            dir.join("t").display().to_string(),
-        ]
-    };
+    let files = PasswordFiles::new("auth", suser.clone(), tuser.clone());
+    files.add("bad", "not-the-password");
+    let args = |sfile: &str| files.args_with_source_file(sfile);
     let good = WorkerProcess::start(WorkerOptions {
         source: src.uri_without_credentials(),
         target: dst.uri_without_credentials(),
@@ -944,18 +884,11 @@ async fn copy_memory_is_bounded() {
     let w = worker(&src, &dst).await;
     let t = Instant::now();
     w.start_migration(json!({})).await;
-    let mut peak = 0;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        peak = peak.max(w.peak_rss());
-        let s = w.status().await;
-        if s["initialSync"]["completed"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "copy did not finish: {s:#}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    peak = peak.max(w.peak_rss());
+    let (_, peak) = w
+        .wait_with_peak_rss("copy", Duration::from_secs(900), |s| {
+            s["initialSync"]["completed"] == true
+        })
+        .await;
     let took = t.elapsed();
     println!(
         "1 MB documents: {} MiB copied in {} ({:.1} MB/s); worker peak RSS {} MiB",

@@ -12,23 +12,13 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions};
+use mongoferry_e2e::fixtures::{pair, worker_opts};
+use mongoferry_e2e::servers::MongoServer;
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const DOCS: i32 = 3_000;
-
-async fn pair() -> (MongoServer, MongoServer) {
-    (
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("source"),
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("target"),
-    )
-}
 
 fn trials(default: usize) -> usize {
     std::env::var("FENCING_TRIALS")
@@ -39,10 +29,8 @@ fn trials(default: usize) -> usize {
 
 fn opts(src: &MongoServer, dst: &MongoServer, job: &str) -> WorkerOptions {
     WorkerOptions {
-        source: src.uri(),
-        target: dst.uri(),
         args: vec!["--job-id".into(), job.into()],
-        ..Default::default()
+        ..worker_opts(src.uri(), dst.uri())
     }
 }
 
@@ -91,13 +79,25 @@ async fn frozen_worker_trial(trial: usize, freeze_in: &str) {
     let (src, dst) = pair().await;
     let c = src.client();
     seed(&c).await;
-    if freeze_in == "copy" {
-        // Enough to copy for a few seconds.
+    if freeze_in != "replication" {
+        // Enough to copy (and to verify) for a few seconds, and indexes to restore.
+        for (name, key, extra) in [
+            ("v_1", doc! {"v": 1}, doc! {}),
+            ("u_1", doc! {"u": 1}, doc! {"unique": true}),
+            ("ttl", doc! {"at": 1}, doc! {"expireAfterSeconds": 3600}),
+        ] {
+            let mut spec = doc! {"key": key, "name": name};
+            spec.extend(extra);
+            c.database("f")
+                .run_command(doc! {"createIndexes": "big", "indexes": [spec]})
+                .await
+                .expect("index");
+        }
         let big = c.database("f").collection::<Document>("big");
         for chunk in 0..20 {
-            big.insert_many(
-                (0..500).map(|i| doc! {"_id": chunk * 500 + i, "pad": "y".repeat(4_000)}),
-            )
+            big.insert_many((0..500).map(
+                |i| doc! {"_id": chunk * 500 + i, "u": chunk * 500 + i, "pad": "y".repeat(4_000)},
+            ))
             .await
             .expect("seed big");
         }
@@ -128,13 +128,29 @@ async fn frozen_worker_trial(trial: usize, freeze_in: &str) {
                 a.wait_caught_up(1.0, Duration::from_secs(120)).await;
                 let r = a.post("/finalize", json!({})).await;
                 assert_eq!(r.code, 200, "{:?}", r.body);
+                // Freeze while it restores indexes or verifies.
+                a.wait_for("restoring or verifying", Duration::from_secs(120), |s| {
+                    let step = s["finalization"]["step"].as_str().unwrap_or("");
+                    step == "indexes" || step == "verifying" || s["state"] == "finalized"
+                })
+                .await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
             }
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
         }
+    }
+    let before = a.status().await;
+    if before["state"] == "finalized" {
+        println!("trial {trial} ({freeze_in}): A finalized before it could be frozen");
+        return;
     }
     a.signal("STOP");
     let frozen_at = Instant::now();
-    println!("trial {trial} ({freeze_in}): A frozen");
+    println!(
+        "trial {trial} ({freeze_in}): A frozen having read {} events and applied {} (copied {} documents; finalize step {})",
+        before["eventsRead"], before["eventsApplied"], before["initialSync"]["clonedDocuments"],
+        before["finalization"]["step"]
+    );
 
     // B, another process of the same job, takes over once A's lease expired.
     let b = WorkerProcess::start(WorkerOptions {

@@ -4,43 +4,13 @@
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
-use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions};
-use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
-use mongoferry_e2e::workload::{
-    seed_dataset, SeedSpec, SizeDistribution, Workload, WorkloadConfig,
-};
+use mongoferry_e2e::fixtures::{pair, seed, worker};
+use mongoferry_e2e::worker::WorkerProcess;
+use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
-
-async fn pair() -> (MongoServer, MongoServer) {
-    (
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("source"),
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("target"),
-    )
-}
-
-async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
-    WorkerProcess::start(WorkerOptions {
-        source: src.uri(),
-        target: dst.uri(),
-        ..Default::default()
-    })
-    .await
-}
-
-async fn seed(c: &Client, db: &str, coll: &str, n: u64, sizes: SizeDistribution, s: u64) -> u64 {
-    let mut spec = SeedSpec::new(db, coll, n);
-    spec.sizes = sizes;
-    spec.seed = s;
-    seed_dataset(c, &spec).await.expect("seed").bytes
-}
 
 async fn finalize(w: &WorkerProcess, body: Value) -> Value {
     let a = w.post("/finalize", body).await;
@@ -302,16 +272,11 @@ async fn verification_memory_is_bounded() {
     let t = Instant::now();
     let a = w.post("/finalize", json!({})).await;
     assert_eq!(a.code, 200);
-    let mut peak = 0;
-    let st = loop {
-        peak = peak.max(w.peak_rss());
-        let s = w.status().await;
-        if s["state"] == "finalized" || s["state"] == "failed" {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(900), "{s:#}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (st, peak) = w
+        .wait_with_peak_rss("finalize", Duration::from_secs(900), |s| {
+            s["state"] == "finalized" || s["state"] == "failed"
+        })
+        .await;
     let took = t.elapsed().as_secs_f64();
     let v = &st["finalization"]["verification"];
     let checked = v["bytesChecked"].as_u64().unwrap_or(0);

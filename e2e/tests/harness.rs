@@ -9,17 +9,13 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, IndexModel};
 
+use mongoferry_e2e::certs::make_certs;
 use mongoferry_e2e::compare::{compare, render, CompareOptions, Difference, DifferenceKind};
-use mongoferry_e2e::servers::{is_available, MongoServer, ServerKind, ServerOptions, User};
+use mongoferry_e2e::fixtures::server as start;
+use mongoferry_e2e::servers::{is_available, ServerKind, ServerOptions, User};
 use mongoferry_e2e::workload::{
     seed_dataset, IdType, OpKind, SeedSpec, SizeDistribution, Workload, WorkloadConfig,
 };
-
-async fn start(opts: ServerOptions) -> MongoServer {
-    MongoServer::start(opts)
-        .await
-        .expect("start a SecantusDB server (run e2e/scripts/install-secantus.sh)")
-}
 
 /// Copy one collection document by document (raw bytes preserved) with insert_many.
 async fn copy_collection(source: &Client, target: &Client, db: &str, coll: &str) {
@@ -533,83 +529,6 @@ async fn python_server_starts_and_compares() {
         .await
         .expect("compare");
     assert!(diffs.is_empty(), "{}", render(&diffs));
-}
-
-/// Self-signed CA + server certificate for 127.0.0.1, made with the `openssl` CLI.
-fn make_certs(dir: &std::path::Path) -> Option<mongoferry_e2e::servers::TlsFiles> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::create_dir_all(dir).ok()?;
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .ok()?;
-    let steps: [&[&str]; 4] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mongoferry-test-ca",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-        &["version"],
-    ];
-    for step in steps {
-        if !run(step) {
-            return None;
-        }
-    }
-    Some(mongoferry_e2e::servers::TlsFiles {
-        cert_file: dir.join("server.pem"),
-        key_file: dir.join("server.key"),
-        ca_file: None,
-        client_pem: None,
-    })
 }
 
 #[tokio::test]

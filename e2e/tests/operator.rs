@@ -6,14 +6,16 @@
 //! `cargo build && cargo test -p mongoferry-e2e --test operator -- --test-threads=1`
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
 use mongoferry_e2e::controlplane::ControlPlane;
-use mongoferry_e2e::servers::{free_port, lost_port_race, MongoServer, ServerOptions, User};
+use mongoferry_e2e::fixtures::{self, credentials_secret_yaml, Operator};
+use mongoferry_e2e::kubectl::{self, condition, events_applied, tail, Kubectl, CRD};
+use mongoferry_e2e::servers::{MongoServer, User};
+use mongoferry_e2e::wait::{wait_for, wait_for_or};
 use mongoferry_e2e::worker::binary;
 use mongoferry_e2e::workload::{seed_dataset, SeedSpec, Workload, WorkloadConfig};
 use serde_json::Value;
@@ -26,231 +28,19 @@ fn user() -> User {
 }
 
 async fn server() -> MongoServer {
-    MongoServer::start(ServerOptions {
-        auth_users: vec![user()],
-        ..ServerOptions::rust()
-    })
-    .await
-    .expect("start SecantusDB")
-}
-
-struct Operator {
-    child: Child,
-    metrics: String,
-    log: std::path::PathBuf,
-    identity: String,
-}
-
-impl Operator {
-    /// Starts the operator; retries on another port when its metrics port was taken between
-    /// `free_port` and the operator's bind.
-    fn start(cp: &ControlPlane, identity: &str, leader_election: bool) -> Operator {
-        for _ in 0..5 {
-            let port = free_port().expect("port");
-            let mut op = Operator::spawn(cp, identity, leader_election, port);
-            let t = Instant::now();
-            loop {
-                if let Ok(Some(st)) = op.child.try_wait() {
-                    let log = op.log();
-                    if lost_port_race(&log) {
-                        eprintln!("operator {identity}: metrics port taken, retrying");
-                        break;
-                    }
-                    panic!("operator {identity} exited at start ({st}):\n{log}");
-                }
-                let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-                if listening || t.elapsed() > Duration::from_secs(20) {
-                    // Listening: ours, unless it exits now for having lost the port.
-                    std::thread::sleep(Duration::from_millis(300));
-                    if matches!(op.child.try_wait(), Ok(None)) {
-                        return op;
-                    }
-                    continue;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        panic!("operator {identity}: no free metrics port after 5 tries");
-    }
-
-    fn spawn(cp: &ControlPlane, identity: &str, leader_election: bool, port: u16) -> Operator {
-        let log = cp.state_dir.join(format!("operator-{identity}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(binary());
-        cmd.args([
-            "operator",
-            "--worker-image",
-            "mongoferry:dev",
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-            "--identity",
-            identity,
-            "--lease-namespace",
-            "default",
-        ]);
-        if leader_election {
-            cmd.arg("--leader-election");
-        }
-        let child = cmd
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn operator");
-        Operator {
-            child,
-            metrics: format!("http://127.0.0.1:{port}/metrics"),
-            log,
-            identity: identity.into(),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
-    let out = cp.kubectl(args).map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn k(cp: &ControlPlane, args: &[&str]) -> String {
-    kubectl(cp, args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
-
-fn apply(cp: &ControlPlane, yaml: &str) -> Result<String, String> {
-    let path = cp.state_dir.join(format!("apply-{}.yaml", rand_suffix()));
-    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
-    kubectl(cp, &["apply", "-f", &path.display().to_string()])
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-fn install_crd(cp: &ControlPlane) {
-    let crd =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/mongoferry.io_migrationjobs.yaml");
-    k(cp, &["apply", "-f", &crd.display().to_string()]);
-    // `kubectl wait` errors (instead of waiting) while the new CRD has no conditions yet.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = kubectl(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd/migrationjobs.mongoferry.io",
-                "--timeout=30s",
-            ],
-        );
-        match r {
-            Ok(_) => return,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("waiting for the CRD: {e}");
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Err(e) => panic!("the CRD was not established: {e}"),
-        }
-    }
+    fixtures::auth_server(vec![user()]).await
 }
 
 fn secret_yaml(name: &str, password: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\nstringData:\n  username: ferry\n  password: {password:?}\n"
-    )
+    credentials_secret_yaml(name, None, "ferry", password)
 }
 
 fn job_yaml(name: &str, src: &MongoServer, dst: &MongoServer, extra: &str) -> String {
-    format!(
-        "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: {name}\nspec:\n  source:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: source-credentials}}\n  target:\n    uri: mongodb://{}/?authSource=admin\n    credentialsSecretRef: {{name: target-credentials}}\n{extra}",
-        src.host(),
-        dst.host()
-    )
-}
-
-fn get(cp: &ControlPlane, kind: &str, name: &str) -> Option<Value> {
-    kubectl(cp, &["get", kind, name, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-fn condition(job: &Value, ty: &str) -> Option<(String, String)> {
-    job["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find_map(|c| {
-            (c["type"] == ty).then(|| {
-                (
-                    c["status"].as_str().unwrap_or("").to_string(),
-                    c["message"].as_str().unwrap_or("").to_string(),
-                )
-            })
-        })
-}
-
-async fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
-    wait_for_or(what, timeout, f, String::new).await
-}
-
-/// [`wait_for`], whose timeout message adds `context()`: where things stood (CI keeps only
-/// the test's output).
-async fn wait_for_or<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            println!("{what}: {:.1}s", t.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    fixtures::job_yaml(name, None, src, dst, extra)
 }
 
 async fn wait_job(
-    cp: &ControlPlane,
+    kc: &Kubectl,
     name: &str,
     what: &str,
     timeout: Duration,
@@ -259,27 +49,34 @@ async fn wait_job(
     wait_for_or(
         what,
         timeout,
-        || get(cp, "mj", name).filter(|j| f(j)),
-        || job_status(cp, name),
+        || kc.get("mj", name).filter(|j| f(j)),
+        || job_status(kc, name),
     )
     .await
 }
 
-fn job_status(cp: &ControlPlane, name: &str) -> String {
-    let status =
-        get(cp, "mj", name).map_or_else(|| "(not found)".into(), |j| j["status"].to_string());
+/// Waits until condition `ty` of job `name` has `status`: the job and the condition.
+async fn wait_condition(
+    kc: &Kubectl,
+    name: &str,
+    ty: &str,
+    status: &str,
+    timeout: Duration,
+) -> (Value, kubectl::Condition) {
+    let what = format!("{name}: {ty}={status}");
+    let j = wait_job(kc, name, &what, timeout, |j| {
+        condition(j, ty).is_some_and(|c| c.status == status)
+    })
+    .await;
+    let c = condition(&j, ty).expect("condition");
+    (j, c)
+}
+
+fn job_status(kc: &Kubectl, name: &str) -> String {
+    let status = kc
+        .get("mj", name)
+        .map_or_else(|| "(not found)".into(), |j| j["status"].to_string());
     format!("; last status of {name}: {status}")
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn events_applied(j: &Value) -> u64 {
-    j["status"]["replication"]["eventsApplied"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 async fn seed(c: &Client) {
@@ -300,36 +97,49 @@ fn workload() -> WorkloadConfig {
     }
 }
 
-fn start_cp() -> ControlPlane {
+fn start_cp() -> (ControlPlane, Kubectl) {
     let cp = ControlPlane::start(&binary()).expect("control plane");
-    install_crd(&cp);
-    cp
+    let kc = Kubectl::new(&cp);
+    kc.install_crd(CRD);
+    (cp, kc)
 }
 
-fn create_secrets(cp: &ControlPlane, source_pw: &str) {
-    apply(cp, &secret_yaml("source-credentials", source_pw)).expect("secret");
-    apply(cp, &secret_yaml("target-credentials", PASSWORD)).expect("secret");
+/// A control plane with the CRD, and a source (seeded) and a target server.
+async fn seeded() -> (ControlPlane, Kubectl, MongoServer, MongoServer) {
+    let (cp, kc) = start_cp();
+    let (src, dst) = (server().await, server().await);
+    seed(&src.client()).await;
+    (cp, kc, src, dst)
+}
+
+fn create_secrets(kc: &Kubectl, source_pw: &str) {
+    kc.apply(&secret_yaml("source-credentials", source_pw))
+        .expect("secret");
+    kc.apply(&secret_yaml("target-credentials", PASSWORD))
+        .expect("secret");
 }
 
 /// Acceptance 1, 2 and 5: columns, copy then replication with lag; pause within 5 s; resume;
 /// finalize + `kubectl wait`; comparator; deletion removes pod and Secret, keeps target data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_pause_resume_finalize_delete() {
-    let cp = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let op = Operator::start(&cp, "op-a", false);
-    create_secrets(&cp, PASSWORD);
-    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
 
     wait_for_or(
         "worker pod running",
         Duration::from_secs(120),
-        || get(&cp, "pod", "mig-worker").filter(|p| p["status"]["phase"] == "Running"),
+        || {
+            kc.get("pod", "mig-worker")
+                .filter(|p| p["status"]["phase"] == "Running")
+        },
         || {
             format!(
                 "{}\noperator log tail:\n{}",
-                job_status(&cp, "mig"),
+                job_status(&kc, "mig"),
                 tail(&op.log(), 30)
             )
         },
@@ -337,7 +147,7 @@ async fn lifecycle_pause_resume_finalize_delete() {
     .await;
     let wl = Workload::spawn(src.client(), workload());
     let j = wait_job(
-        &cp,
+        &kc,
         "mig",
         "copy progress shown",
         Duration::from_secs(120),
@@ -346,7 +156,7 @@ async fn lifecycle_pause_resume_finalize_delete() {
     .await;
     println!("copy: {}", j["status"]["copy"]);
     let j = wait_job(
-        &cp,
+        &kc,
         "mig",
         "replicating with lag",
         Duration::from_secs(300),
@@ -358,7 +168,7 @@ async fn lifecycle_pause_resume_finalize_delete() {
     )
     .await;
     println!("replication: {}", j["status"]["replication"]);
-    let table = k(&cp, &["get", "mj"]);
+    let table = kc.ok(&["get", "mj"]);
     println!("{table}");
     for col in [
         "NAME", "DESIRED", "STATE", "PROGRESS", "LAG", "AGE", "running", "100%",
@@ -371,40 +181,18 @@ async fn lifecycle_pause_resume_finalize_delete() {
 
     // Pause: the Paused condition within 5 s.
     let t = Instant::now();
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"desiredState":"paused"}}"#,
-        ],
-    );
-    wait_job(&cp, "mig", "Paused", Duration::from_secs(5), |j| {
-        condition(j, "Paused").is_some_and(|c| c.0 == "True")
+    kc.set_desired_state(None, "mig", "paused");
+    wait_job(&kc, "mig", "Paused", Duration::from_secs(5), |j| {
+        condition(j, "Paused").is_some_and(|c| c.status == "True")
     })
     .await;
     println!("ACCEPTANCE 2: paused in {:.2}s", t.elapsed().as_secs_f64());
-    let paused_applied = events_applied(&get(&cp, "mj", "mig").expect("job"));
+    let paused_applied = events_applied(&kc.get("mj", "mig").expect("job"));
 
     // Resume: replication continues.
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"desiredState":"running"}}"#,
-        ],
-    );
+    kc.set_desired_state(None, "mig", "running");
     wait_job(
-        &cp,
+        &kc,
         "mig",
         "replication continues",
         Duration::from_secs(60),
@@ -415,38 +203,18 @@ async fn lifecycle_pause_resume_finalize_delete() {
     println!("workload: {} ops", stats.total_ops());
 
     // Finalize.
-    wait_job(&cp, "mig", "caught up", Duration::from_secs(120), |j| {
+    wait_job(&kc, "mig", "caught up", Duration::from_secs(120), |j| {
         j["status"]["replication"]["lagSeconds"]
             .as_i64()
             .is_some_and(|l| l <= 2)
     })
     .await;
     let t = Instant::now();
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"desiredState":"finalized"}}"#,
-        ],
-    );
-    k(
-        &cp,
-        &[
-            "wait",
-            "mj/mig",
-            "--for=condition=Finalized",
-            "--timeout=300s",
-        ],
-    );
+    kc.finalize(None, "mig", Duration::from_secs(300));
     println!("finalized in {:.1}s", t.elapsed().as_secs_f64());
     assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
     println!("ACCEPTANCE 2: comparator finds no difference");
-    let j = get(&cp, "mj", "mig").expect("job");
+    let j = kc.get("mj", "mig").expect("job");
     assert_eq!(
         j["status"]["finalization"]["verification"]["mismatchCount"], 0,
         "{}",
@@ -461,17 +229,13 @@ async fn lifecycle_pause_resume_finalize_delete() {
         .count_documents(doc! {})
         .await
         .expect("count");
-    k(
-        &cp,
-        &["delete", "mj", "mig", "--wait=true", "--timeout=120s"],
-    );
+    kc.ok(&["delete", "mj", "mig", "--wait=true", "--timeout=120s"]);
     wait_for(
         "pod and token Secret deleted",
         Duration::from_secs(60),
         || {
-            (get(&cp, "pod", "mig-worker").is_none()
-                && get(&cp, "secret", "mig-api-token").is_none())
-            .then_some(())
+            (kc.get("pod", "mig-worker").is_none() && kc.get("secret", "mig-api-token").is_none())
+                .then_some(())
         },
     )
     .await;
@@ -490,7 +254,7 @@ async fn lifecycle_pause_resume_finalize_delete() {
 /// Acceptance 3: invalid specs refused at admission with their messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_refused() {
-    let cp = start_cp();
+    let (_cp, kc) = start_cp();
     let base = |spec: &str| {
         format!("apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: bad\nspec:\n{spec}")
     };
@@ -546,7 +310,7 @@ async fn invalid_specs_are_refused() {
     ];
     let mut refused = 0;
     for (yaml, msg) in &cases {
-        match apply(&cp, yaml) {
+        match kc.apply(yaml) {
             Ok(out) => panic!("accepted:\n{yaml}\n{out}"),
             Err(e) => {
                 assert!(e.contains(msg), "expected {msg:?} in:\n{e}\nfor\n{yaml}");
@@ -555,12 +319,9 @@ async fn invalid_specs_are_refused() {
         }
     }
     // Transition rules on a valid object.
-    apply(
-        &cp,
-        &base(&format!(
-            "{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: finalized\n"
-        )),
-    )
+    kc.apply(&base(&format!(
+        "{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: finalized\n"
+    )))
     .expect("valid job");
     let updates: Vec<(String, &str)> = vec![
         (base(&format!("{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: running\n")), "desiredState cannot leave finalized"),
@@ -568,7 +329,7 @@ async fn invalid_specs_are_refused() {
         (base(&format!("{ep}  namespaces: {{include: ['other.*']}}\n  desiredState: finalized\n")), "spec.namespaces is immutable once set"),
     ];
     for (yaml, msg) in &updates {
-        match apply(&cp, yaml) {
+        match kc.apply(yaml) {
             Ok(out) => panic!("update accepted:\n{yaml}\n{out}"),
             Err(e) => {
                 assert!(e.contains(msg), "expected {msg:?} in:\n{e}");
@@ -584,37 +345,36 @@ async fn invalid_specs_are_refused() {
 /// checkpoint; operator restarted → the worker is not disturbed and status continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_deletion_and_operator_restart() {
-    let cp = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let mut op = Operator::start(&cp, "op-a", false);
-    create_secrets(&cp, PASSWORD);
-    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
     let wl = Workload::spawn(src.client(), workload());
-    wait_job(&cp, "mig", "replicating", Duration::from_secs(300), |j| {
+    wait_job(&kc, "mig", "replicating", Duration::from_secs(300), |j| {
         j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
     })
     .await;
 
     // 6: operator restart.
-    let pod = get(&cp, "pod", "mig-worker").expect("pod");
+    let pod = kc.get("pod", "mig-worker").expect("pod");
     let (uid, restarts) = (
         pod["metadata"]["uid"].clone(),
         pod["status"]["containerStatuses"][0]["restartCount"].clone(),
     );
     op.kill();
-    let before = events_applied(&get(&cp, "mj", "mig").expect("job"));
+    let before = events_applied(&kc.get("mj", "mig").expect("job"));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let _op2 = Operator::start(&cp, "op-b", false);
     wait_job(
-        &cp,
+        &kc,
         "mig",
         "status continues after operator restart",
         Duration::from_secs(30),
         |j| events_applied(j) > before,
     )
     .await;
-    let pod = get(&cp, "pod", "mig-worker").expect("pod");
+    let pod = kc.get("pod", "mig-worker").expect("pod");
     assert_eq!(
         pod["metadata"]["uid"], uid,
         "worker pod replaced by an operator restart"
@@ -626,16 +386,16 @@ async fn pod_deletion_and_operator_restart() {
     println!("ACCEPTANCE 6: worker undisturbed (same pod uid, same restarts), status continues");
 
     // 4: worker pod deleted.
-    let before = events_applied(&get(&cp, "mj", "mig").expect("job"));
-    k(&cp, &["delete", "pod", "mig-worker", "--wait=false"]);
+    let before = events_applied(&kc.get("mj", "mig").expect("job"));
+    kc.ok(&["delete", "pod", "mig-worker", "--wait=false"]);
     let t = Instant::now();
     wait_for("a new worker pod runs", Duration::from_secs(90), || {
-        get(&cp, "pod", "mig-worker")
+        kc.get("pod", "mig-worker")
             .filter(|p| p["metadata"]["uid"] != uid && p["status"]["phase"] == "Running")
     })
     .await;
     wait_job(
-        &cp,
+        &kc,
         "mig",
         "replication resumed",
         Duration::from_secs(120),
@@ -649,33 +409,13 @@ async fn pod_deletion_and_operator_restart() {
         "the recreated worker copied again:\n{log}"
     );
     wl.stop().await;
-    wait_job(&cp, "mig", "caught up", Duration::from_secs(120), |j| {
+    wait_job(&kc, "mig", "caught up", Duration::from_secs(120), |j| {
         j["status"]["replication"]["lagSeconds"]
             .as_i64()
             .is_some_and(|l| l <= 2)
     })
     .await;
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"desiredState":"finalized"}}"#,
-        ],
-    );
-    k(
-        &cp,
-        &[
-            "wait",
-            "mj/mig",
-            "--for=condition=Finalized",
-            "--timeout=300s",
-        ],
-    );
+    kc.finalize(None, "mig", Duration::from_secs(300));
     assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
     println!("ACCEPTANCE 4: recreated worker resumed from its checkpoint; data identical");
 }
@@ -684,19 +424,20 @@ async fn pod_deletion_and_operator_restart() {
 /// other takes over within 15 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_failover() {
-    let cp = start_cp();
+    let (cp, kc) = start_cp();
     let (src, dst) = (server().await, server().await);
     let mut a = Operator::start(&cp, "op-a", true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut b = Operator::start(&cp, "op-b", true);
-    create_secrets(&cp, PASSWORD);
-    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
     let holder = wait_for("a leader", Duration::from_secs(30), || {
-        get(&cp, "lease", "mongoferry-operator")
+        kc.get("lease", "mongoferry-operator")
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     })
     .await;
-    wait_job(&cp, "mig", "running", Duration::from_secs(120), |j| {
+    wait_job(&kc, "mig", "running", Duration::from_secs(120), |j| {
         j["status"]["state"] == "running"
     })
     .await;
@@ -722,7 +463,7 @@ async fn leader_election_failover() {
         "the standby holds the lease",
         Duration::from_secs(15),
         || {
-            get(&cp, "lease", "mongoferry-operator")
+            kc.get("lease", "mongoferry-operator")
                 .filter(|l| l["spec"]["holderIdentity"] == standby_id.as_str())
         },
     )
@@ -751,16 +492,14 @@ async fn leader_election_failover() {
 /// password nowhere; then the Secret fixed → the worker restarts and runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_cleanly() {
-    let cp = start_cp();
+    let (cp, kc) = start_cp();
     let (src, dst) = (server().await, server().await);
     let op = Operator::start(&cp, "op-a", false);
-    create_secrets(&cp, WRONG_PASSWORD);
-    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
-    let j = wait_job(&cp, "mig", "Failed", Duration::from_secs(120), |j| {
-        condition(j, "Failed").is_some_and(|c| c.0 == "True")
-    })
-    .await;
-    let (_, msg) = condition(&j, "Failed").expect("condition");
+    create_secrets(&kc, WRONG_PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
+    let (_, failed) = wait_condition(&kc, "mig", "Failed", "True", Duration::from_secs(120)).await;
+    let msg = failed.message;
     println!("Failed: {msg}");
     assert!(
         msg.contains("authentication") && msg.contains("source"),
@@ -777,13 +516,13 @@ async fn wrong_password_fails_cleanly() {
         .unwrap_or(0.0);
     println!("reconciles in 20 s while failed: {}", r1 - r0);
     assert!(r1 - r0 <= 12.0, "hot loop: {} reconciles in 20 s", r1 - r0);
-    let events = k(&cp, &["get", "events.events.k8s.io", "-o", "json"]);
+    let events = kc.ok(&["get", "events.events.k8s.io", "-o", "json"]);
     assert!(
         events.contains("Warning") && events.contains("authentication"),
         "no Warning event:\n{events}"
     );
     let everything = [
-        k(&cp, &["get", "mj", "mig", "-o", "yaml"]),
+        kc.ok(&["get", "mj", "mig", "-o", "yaml"]),
         events,
         op.log(),
         cp.pod_log("default", "mig-worker", "worker"),
@@ -797,21 +536,22 @@ async fn wrong_password_fails_cleanly() {
     println!("ACCEPTANCE 8: Failed + Event + backoff, no password in status, events, logs");
 
     // Rotation: the fixed Secret restarts the worker, which then runs.
-    let uid = get(&cp, "pod", "mig-worker").expect("pod")["metadata"]["uid"].clone();
-    apply(&cp, &secret_yaml("source-credentials", PASSWORD)).expect("rotate");
+    let uid = kc.get("pod", "mig-worker").expect("pod")["metadata"]["uid"].clone();
+    kc.apply(&secret_yaml("source-credentials", PASSWORD))
+        .expect("rotate");
     wait_job(
-        &cp,
+        &kc,
         "mig",
         "running after rotation",
         Duration::from_secs(120),
         |j| {
             j["status"]["state"] == "running"
-                && condition(j, "Failed").is_some_and(|c| c.0 == "False")
+                && condition(j, "Failed").is_some_and(|c| c.status == "False")
         },
     )
     .await;
     assert_ne!(
-        get(&cp, "pod", "mig-worker").expect("pod")["metadata"]["uid"],
+        kc.get("pod", "mig-worker").expect("pod")["metadata"]["uid"],
         uid
     );
     println!("credentials rotation replaced the worker pod");
@@ -822,21 +562,16 @@ async fn wrong_password_fails_cleanly() {
 /// replicates; the filtered example passes the API server's validation as shipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_examples_apply_and_run() {
-    let cp = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let _op = Operator::start(&cp, "op-examples", false);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let filtered = examples.join("migrationjob-filtered.yaml");
-    let out = k(
-        &cp,
-        &[
-            "apply",
-            "--dry-run=server",
-            "-f",
-            &filtered.display().to_string(),
-        ],
-    );
+    let out = kc.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &filtered.display().to_string(),
+    ]);
     println!("{out}");
     let text = std::fs::read_to_string(examples.join("migrationjob.yaml")).expect("example");
     let mut lines = Vec::new();
@@ -857,9 +592,10 @@ async fn shipped_examples_apply_and_run() {
         };
         lines.push(l);
     }
-    apply(&cp, &(lines.join("\n") + "\n")).expect("apply the example");
+    kc.apply(&(lines.join("\n") + "\n"))
+        .expect("apply the example");
     let name = "orders-migration";
-    let j = wait_job(&cp, name, "replicating", Duration::from_secs(300), |j| {
+    let j = wait_job(&kc, name, "replicating", Duration::from_secs(300), |j| {
         j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
     })
     .await;
@@ -867,14 +603,14 @@ async fn shipped_examples_apply_and_run() {
         "example job: copy {} replication {}",
         j["status"]["copy"], j["status"]["replication"]
     );
-    let table = k(&cp, &["get", "mj"]);
+    let table = kc.ok(&["get", "mj"]);
     println!("{table}");
     assert!(
         table.contains(name) && table.contains("PROGRESS") && table.contains("100%"),
         "{table}"
     );
     assert!(
-        get(&cp, "pod", &format!("{name}-worker")).is_some(),
+        kc.get("pod", &format!("{name}-worker")).is_some(),
         "no worker pod"
     );
     println!("ACCEPTANCE 1: the shipped example runs a worker that copies and replicates");
@@ -886,9 +622,7 @@ async fn shipped_examples_apply_and_run() {
 /// start at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_preflight_shows_condition_and_starts_nothing() {
-    let cp = start_cp();
-    let (src, dst) = (server().await, server().await);
-    seed(&src.client()).await;
+    let (cp, kc, src, dst) = seeded().await;
     let target = dst.client();
     let planted = target
         .database("shop")
@@ -898,17 +632,18 @@ async fn failing_preflight_shows_condition_and_starts_nothing() {
         .await
         .expect("plant");
     let _op = Operator::start(&cp, "op-preflight", false);
-    create_secrets(&cp, PASSWORD);
-    apply(&cp, &job_yaml("mig", &src, &dst, "")).expect("apply job");
-    let j = wait_job(
-        &cp,
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
+    let (j, preflight) = wait_condition(
+        &kc,
         "mig",
-        "PreflightPassed=False",
+        "PreflightPassed",
+        "False",
         Duration::from_secs(120),
-        |j| condition(j, "PreflightPassed").is_some_and(|c| c.0 == "False"),
     )
     .await;
-    let (_, msg) = condition(&j, "PreflightPassed").expect("condition");
+    let msg = preflight.message;
     println!("PreflightPassed=False: {msg}");
     assert!(
         msg.contains("target.namespaces") && msg.contains("shop.orders"),
@@ -940,39 +675,36 @@ async fn failing_preflight_shows_condition_and_starts_nothing() {
         .await
         .expect("list");
     assert_eq!(names, vec!["orders".to_string()], "nothing copied");
-    let j = get(&cp, "mj", "mig").expect("job");
+    let j = kc.get("mj", "mig").expect("job");
     assert_eq!(j["status"]["state"], "idle");
-    let events = k(&cp, &["get", "events.events.k8s.io", "-o", "json"]);
+    let events = kc.ok(&["get", "events.events.k8s.io", "-o", "json"]);
     let refusals = events.matches("\"PreflightFailed\"").count();
     assert!(refusals >= 1, "a PreflightFailed Event:\n{events}");
     println!("PreflightFailed events after 10 s: {refusals}");
 
     // The option the report names lets the start through.
     let t = Instant::now();
-    k(
-        &cp,
-        &[
-            "patch",
-            "mj",
-            "mig",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"dropTargetNamespaces":true}}"#,
-        ],
-    );
+    kc.ok(&[
+        "patch",
+        "mj",
+        "mig",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"dropTargetNamespaces":true}}"#,
+    ]);
     wait_job(
-        &cp,
+        &kc,
         "mig",
         "PreflightPassed=True, running",
         Duration::from_secs(60),
         |j| {
-            condition(j, "PreflightPassed").is_some_and(|c| c.0 == "True")
+            condition(j, "PreflightPassed").is_some_and(|c| c.status == "True")
                 && j["status"]["state"] == "running"
         },
     )
     .await;
     println!("started {:.1}s after the patch", t.elapsed().as_secs_f64());
-    wait_job(&cp, "mig", "copy complete", Duration::from_secs(120), |j| {
+    wait_job(&kc, "mig", "copy complete", Duration::from_secs(120), |j| {
         j["status"]["copy"]["completed"] == true
     })
     .await;
@@ -985,4 +717,195 @@ async fn failing_preflight_shows_condition_and_starts_nothing() {
     );
     assert_eq!(planted.count_documents(doc! {}).await.expect("count"), 3000);
     println!("ISSUE 9 ACCEPTANCE 5: PreflightPassed=False with the reason, nothing started; dropTargetNamespaces then started it");
+}
+
+/// The worker API token of job `name`, from its Secret.
+fn api_token(kc: &Kubectl, name: &str) -> String {
+    kc.ok(&[
+        "get",
+        "secret",
+        &format!("{name}-api-token"),
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ])
+    .trim()
+    .to_string()
+}
+
+/// A metric of job `name`'s worker, read from its `/metrics` at the pod's IP.
+async fn worker_metric(kc: &Kubectl, name: &str, metric: &str) -> f64 {
+    let pod = kc
+        .get("pod", &format!("{name}-worker"))
+        .expect("worker pod");
+    let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_string();
+    let text = reqwest::Client::new()
+        .get(format!("http://{ip}:2242/metrics"))
+        .bearer_auth(api_token(kc, name))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == metric).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{metric} missing in /metrics of {name}:\n{text}"))
+}
+
+/// Issue 14, acceptance 3: a second MigrationJob on the target of a running one gets
+/// Failed=True with reason TargetInUse and a message naming the first job; Ready=False
+/// carries the message, Progressing=False, one Warning Event. It never copies nor replicates,
+/// even while the first job's worker pod is deleted and recreated 5 times; the first job's
+/// data stays equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_job_on_a_used_target_fails_with_target_in_use() {
+    let (cp, kc, src, dst) = seeded().await;
+    let _op = Operator::start(&cp, "op-a", false);
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("first", &src, &dst, ""))
+        .expect("apply first");
+    wait_job(
+        &kc,
+        "first",
+        "first replicating",
+        Duration::from_secs(300),
+        |j| j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true,
+    )
+    .await;
+    let first_uid = kc.get("mj", "first").expect("first")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let wl = Workload::spawn(src.client(), workload());
+
+    kc.apply(&job_yaml("second", &src, &dst, ""))
+        .expect("apply second");
+    let (j, failed) =
+        wait_condition(&kc, "second", "Failed", "True", Duration::from_secs(120)).await;
+    println!("second: Failed {} {}", failed.reason, failed.message);
+    assert_eq!(failed.reason, "TargetInUse", "{}", j["status"]);
+    assert!(
+        failed.message.contains("first") && failed.message.contains(&first_uid),
+        "the message names the owning job and its uid: {}",
+        failed.message
+    );
+    let ready = condition(&j, "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.message, failed.message, "Ready carries the message");
+    assert_eq!(
+        condition(&j, "Progressing").expect("Progressing").status,
+        "False"
+    );
+    assert_eq!(j["status"]["message"], failed.message.as_str());
+
+    // The first job's worker pod is deleted and recreated 5 times: the second job never
+    // takes the target over.
+    let second_stays_refused = |j: &Value| {
+        condition(j, "Failed").is_some_and(|c| c.status == "True" && c.reason == "TargetInUse")
+            && j["status"]["state"] != "running"
+    };
+    for round in 1..=5 {
+        let uid = kc.get("pod", "first-worker").expect("first pod")["metadata"]["uid"].clone();
+        kc.ok(&["delete", "pod", "first-worker", "--wait=false"]);
+        wait_for_or(
+            &format!("first's worker pod recreated ({round}/5)"),
+            Duration::from_secs(120),
+            || {
+                if let Some(j) = kc.get("mj", "second") {
+                    assert!(second_stays_refused(&j), "round {round}: {}", j["status"]);
+                }
+                kc.get("pod", "first-worker")
+                    .filter(|p| p["metadata"]["uid"] != uid && p["status"]["phase"] == "Running")
+            },
+            || job_status(&kc, "second"),
+        )
+        .await;
+        wait_job(
+            &kc,
+            "first",
+            &format!("first running again ({round}/5)"),
+            Duration::from_secs(120),
+            |j| j["status"]["state"] == "running",
+        )
+        .await;
+        let j = kc.get("mj", "second").expect("second");
+        assert!(second_stays_refused(&j), "round {round}: {}", j["status"]);
+    }
+    println!(
+        "ISSUE 14 ACCEPTANCE 3: second stayed TargetInUse through 5 recreations of first's worker"
+    );
+
+    // The second's worker wrote nothing; it was never started; one TargetInUse Event.
+    assert_eq!(
+        worker_metric(&kc, "second", "mongoferry_copy_insert_documents_total").await,
+        0.0
+    );
+    assert_eq!(
+        worker_metric(&kc, "second", "mongoferry_events_applied_total").await,
+        0.0
+    );
+    let events: Value =
+        serde_json::from_str(&kc.ok(&["get", "events.events.k8s.io", "-o", "json"]))
+            .expect("events json");
+    let of_second: Vec<&Value> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "second")
+        .collect();
+    let reasons: Vec<&str> = of_second
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    println!("events of second: {reasons:?}");
+    assert!(
+        !reasons.contains(&"MigrationStarted") && !reasons.contains(&"ResumeRequested"),
+        "{reasons:?}"
+    );
+    let in_use: Vec<&&Value> = of_second
+        .iter()
+        .filter(|e| e["reason"] == "TargetInUse")
+        .collect();
+    assert_eq!(in_use.len(), 1, "{in_use:?}");
+    assert_eq!(in_use[0]["type"], "Warning");
+    assert!(
+        in_use[0]["series"].is_null(),
+        "published once, not on every reconcile: {}",
+        in_use[0]
+    );
+    assert!(
+        of_second.iter().all(|e| !e["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("still connecting")),
+        "no misleading \"still connecting\" Event: {of_second:?}"
+    );
+
+    // The first job's data equals the source.
+    wl.stop().await;
+    wait_job(
+        &kc,
+        "first",
+        "first caught up",
+        Duration::from_secs(120),
+        |j| {
+            j["status"]["replication"]["lagSeconds"]
+                .as_i64()
+                .is_some_and(|l| l <= 2)
+        },
+    )
+    .await;
+    kc.finalize(None, "first", Duration::from_secs(300));
+    assert_same(&src.client(), &dst.client(), CompareOptions::default()).await;
+    let j = kc.get("mj", "second").expect("second");
+    assert_eq!(
+        condition(&j, "Failed").map(|c| c.reason).as_deref(),
+        Some("TargetInUse"),
+        "{}",
+        j["status"]
+    );
+    println!("ISSUE 14 ACCEPTANCE 3: first finalized equal to the source; second never wrote");
 }

@@ -1,15 +1,15 @@
 //! End-to-end tests of the preflight (issue 9): two SecantusDB servers with `--auth`, the
 //! worker's `GET /preflight`, the refusal of `POST /start`, and `mongoferry preflight`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
+use mongoferry_e2e::fixtures::{self, PasswordFiles};
 use mongoferry_e2e::servers::{MongoServer, ServerOptions, User};
 use mongoferry_e2e::worker::{binary, WorkerOptions, WorkerProcess};
-use mongoferry_e2e::workload::{seed_dataset, SeedSpec, SizeDistribution};
+use mongoferry_e2e::workload::SizeDistribution;
 use serde_json::{json, Value};
 
 const SRC_PW: &str = "src-Pw-71f3e0";
@@ -36,65 +36,22 @@ fn target_user() -> User {
 }
 
 async fn server(users: Vec<User>, oplog_max_entries: Option<u64>) -> MongoServer {
-    MongoServer::start(ServerOptions {
+    fixtures::server(ServerOptions {
         auth_users: users,
         oplog_max_entries,
         ..ServerOptions::rust()
     })
     .await
-    .expect("start a SecantusDB server")
 }
 
 async fn seed(c: &Client, db: &str, coll: &str, n: u64, size: usize, s: u64) {
-    let mut spec = SeedSpec::new(db, coll, n);
-    spec.sizes = SizeDistribution::Fixed(size);
-    spec.seed = s;
-    spec.batch_size = 500;
-    seed_dataset(c, &spec).await.expect("seed");
+    fixtures::seed(c, db, coll, n, SizeDistribution::Fixed(size), s).await;
 }
 
-/// Password files and credential flags for the worker and the CLI.
-struct Creds {
-    dir: PathBuf,
-    src: User,
-    dst: User,
-}
-
-impl Creds {
-    fn new(tag: &str, src: User, dst: User) -> Creds {
-        let dir = std::env::temp_dir().join(format!("mf-pf-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("s"), &src.password).expect("pw");
-        std::fs::write(dir.join("t"), &dst.password).expect("pw");
-        Creds { dir, src, dst }
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--source-username".into(),
-            self.src.name.clone(),
-            "--source-password-file".into(),
-            self.dir.join("s").display().to_string(),
-            "--target-username".into(),
-            self.dst.name.clone(),
-            "--target-password-file".into(),
-            self.dir.join("t").display().to_string(),
-        ]
-    }
-}
-
-impl Drop for Creds {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn worker(src: &MongoServer, dst: &MongoServer, creds: &Creds) -> WorkerProcess {
+async fn worker(src: &MongoServer, dst: &MongoServer, creds: &PasswordFiles) -> WorkerProcess {
     WorkerProcess::start(WorkerOptions {
-        source: src.uri_without_credentials(),
-        target: dst.uri_without_credentials(),
         args: creds.args(),
-        ..Default::default()
+        ..fixtures::worker_opts(src.uri_without_credentials(), dst.uri_without_credentials())
     })
     .await
 }
@@ -173,7 +130,7 @@ async fn documented_roles_pass_and_migrate() {
         .await
         .expect("view");
 
-    let creds = Creds::new("roles", source_user(), target_user());
+    let creds = PasswordFiles::new("roles", source_user(), target_user());
     let w = worker(&src, &dst, &creds).await;
     // The oplog's write rate is measured over its age when it is younger than a minute: right
     // after seeding (~2,000 entries within one second) it reads as a sustained 2,000 writes/s
@@ -238,7 +195,7 @@ async fn missing_source_privilege_fails_and_refuses_start() {
     let src = server(vec![weak.clone()], None).await;
     let dst = server(vec![target_user()], None).await;
     seed(&src.client(), "pf_app", "c", 300, 200, 3).await;
-    let creds = Creds::new("weak", weak, target_user());
+    let creds = PasswordFiles::new("weak", weak, target_user());
     let w = worker(&src, &dst, &creds).await;
     let report = preflight(&w, "").await;
     eprintln!("{}", statuses(&report));
@@ -293,7 +250,7 @@ async fn short_oplog_window_names_the_size_to_set() {
     let dst = server(vec![target_user()], None).await;
     // 3,000 inserts through a 1,000-entry oplog: it is full and rolling.
     seed(&src.client(), "pf_app", "c", 3_000, 1_000, 4).await;
-    let creds = Creds::new("oplog", source_user(), target_user());
+    let creds = PasswordFiles::new("oplog", source_user(), target_user());
     let w = worker(&src, &dst, &creds).await;
     // At the default 20 MB/s, 3 MB copy in well under the window's margin: at most a warning.
     let r = preflight(&w, "").await;
@@ -349,7 +306,7 @@ async fn occupied_target_fails_unless_dropped() {
         .insert_many((0..7).map(|i| doc! {"stale": i}))
         .await
         .expect("stale target data");
-    let creds = Creds::new("occupied", source_user(), target_user());
+    let creds = PasswordFiles::new("occupied", source_user(), target_user());
     let w = worker(&src, &dst, &creds).await;
     let r = preflight(&w, "").await;
     eprintln!("{}", statuses(&r));

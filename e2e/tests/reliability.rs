@@ -8,21 +8,10 @@ use mongodb::bson::{
     JavaScriptCodeWithScope, Regex, Timestamp,
 };
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::servers::{MongoServer, ServerOptions};
+use mongoferry_e2e::fixtures::pair;
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-
-async fn pair() -> (MongoServer, MongoServer) {
-    (
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("source"),
-        MongoServer::start(ServerOptions::rust())
-            .await
-            .expect("target"),
-    )
-}
 
 /// A second worker on the same target cannot write while the first runs; it takes over only
 /// when the first is gone. A worker whose lease was taken stops writing.

@@ -64,6 +64,9 @@ pub struct CloneTuning {
     /// Target size of one insert batch, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_bytes: Option<u64>,
+    /// Target size of one copy partition (the unit a restarted copy skips), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_bytes: Option<u64>,
 }
 
 /// Replication tuning.

@@ -147,6 +147,33 @@ pub struct OperatorCheckArgs {
     pub json: bool,
 }
 
+impl OperatorArgs {
+    /// The operator's options from these flags.
+    pub fn options(&self) -> crate::operator::Options {
+        crate::operator::Options {
+            namespaces: self.namespaces.clone(),
+            worker_image: self.worker_image.clone(),
+            worker_service_account: self.worker_service_account.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace.clone(),
+            lease_name: self.lease_name.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+impl OperatorCheckArgs {
+    /// The installation check's options from these flags.
+    pub fn options(&self) -> crate::operator::check::CheckOptions {
+        crate::operator::check::CheckOptions {
+            namespaces: self.namespaces.clone(),
+            lease_namespace: self.lease_namespace.clone(),
+            lease_name: self.lease_name.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct EndpointArgs {
     /// Source MongoDB URI (a replica set). Credentials are better given as a file below.
@@ -263,6 +290,9 @@ pub struct StartArgs {
     pub clone_insert_workers: Option<u32>,
     #[arg(long)]
     pub clone_batch_bytes: Option<u64>,
+    /// Target size of one copy partition, in bytes.
+    #[arg(long)]
+    pub clone_partition_bytes: Option<u64>,
     #[arg(long)]
     pub repl_workers: Option<u32>,
     #[arg(long)]
@@ -329,6 +359,14 @@ mod tests {
         let a = operator(&["--worker-service-account", "mf-worker"]).expect("parse");
         assert!(a.namespaces.is_empty(), "default: all namespaces");
         assert_eq!(a.worker_service_account.as_deref(), Some("mf-worker"));
+        let o = operator(&["--namespace=a", "--leader-election", "--identity", "op-1"])
+            .expect("parse")
+            .options();
+        assert_eq!(o.namespaces, vec!["a"]);
+        assert!(o.leader_election);
+        assert_eq!(o.identity.as_deref(), Some("op-1"));
+        assert_eq!(o.lease_name, "mongoferry-operator");
+        assert_eq!(o.metrics_listen, "0.0.0.0:8080");
     }
 
     #[test]
@@ -348,6 +386,12 @@ mod tests {
                 assert_eq!(c.lease_namespace.as_deref(), Some("ops"));
                 assert_eq!(c.lease_name, "lead");
                 assert!(!c.json);
+                let o = c.options();
+                assert_eq!(o.namespaces, vec!["shop", "billing"]);
+                assert_eq!(
+                    (o.lease_namespace.as_deref(), o.lease_name.as_str()),
+                    (Some("ops"), "lead")
+                );
             }
             None => panic!("no subcommand"),
         }

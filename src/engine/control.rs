@@ -228,10 +228,7 @@ impl Engine {
             *cp = work;
         } else {
             cp.options = options;
-            cp.state = next;
-            cp.error = None;
-            cp.failure_reason = None;
-            self.inner.jobs.save(&mut cp).await?;
+            self.enter(&mut cp, next).await?;
         }
         self.publish(&cp);
         drop(cp);
@@ -241,6 +238,16 @@ impl Engine {
             state: next,
             preflight: judged_by,
         })
+    }
+
+    /// Record `next` (clearing an earlier failure) and say so.
+    async fn enter(&self, cp: &mut Checkpoint, next: State) -> Result<(), CommandError> {
+        cp.state = next;
+        cp.error = None;
+        cp.failure_reason = None;
+        self.inner.jobs.save(cp).await?;
+        self.publish(cp);
+        Ok(())
     }
 
     pub async fn pause(&self) -> Result<State, CommandError> {
@@ -268,9 +275,7 @@ impl Engine {
                 cp.error.clone().unwrap_or_default()
             )));
         }
-        cp.state = next;
-        self.inner.jobs.save(&mut cp).await?;
-        self.publish(&cp);
+        self.enter(&mut cp, next).await?;
         info!("migration paused");
         Ok(Accepted {
             state: next,
@@ -302,11 +307,7 @@ impl Engine {
         } else {
             next
         };
-        cp.state = next;
-        cp.error = None;
-        cp.failure_reason = None;
-        self.inner.jobs.save(&mut cp).await?;
-        self.publish(&cp);
+        self.enter(&mut cp, next).await?;
         drop(cp);
         self.spawn(&mut ctl);
         info!("migration resumed");
@@ -366,9 +367,7 @@ impl Engine {
             cutoff,
             req.block_source_writes,
         ));
-        cp.state = State::Finalizing;
-        self.inner.jobs.save(&mut cp).await?;
-        self.publish(&cp);
+        self.enter(&mut cp, State::Finalizing).await?;
         drop(cp);
         self.spawn(&mut ctl);
         info!(cutoff = %optime::ts_string(cutoff), "finalizing");

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod conn;
 mod control;
 pub mod copy;
+pub mod ctx;
 pub mod error;
 pub mod filter;
 pub mod finalize;
@@ -44,15 +45,7 @@ use stages::{JobStore, SharedCheckpoint, Stages};
 use store::{Checkpoint, Identity, Store};
 
 pub use control::{Accepted, CommandError};
-
-/// Everything the stages share.
-pub struct Ctx {
-    pub source: Client,
-    pub target: Client,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub live: Live,
-}
+pub use ctx::Ctx;
 
 /// Copy throughput the preflight assumes for its estimate, MB/s.
 pub const DEFAULT_THROUGHPUT_MBPS: f64 = 20.0;
@@ -133,6 +126,7 @@ pub struct Engine {
 impl Engine {
     /// An engine on real deployments, as the job `me`.
     pub fn new(source: Client, target: Client, metrics: Arc<Metrics>, me: Identity) -> Self {
+        metrics.show_ddl(repl::translate::DDL_TYPES);
         let store = Store::new(&target, me);
         let ctx = Arc::new(Ctx {
             source,

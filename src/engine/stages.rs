@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::copy::{self, CopyOutcome};
+use super::ctx::Ctx;
 use super::error::{EngineError, MongoContext, Result, Side};
 use super::repl::{self, ReplOutcome};
 use super::store::Checkpoint;
 use super::tuning::Tuning;
-use super::{conn, finalize, Ctx};
+use super::{conn, finalize};
 
 /// The job as kept by the engine while it runs.
 pub type SharedCheckpoint = Arc<Mutex<Checkpoint>>;

@@ -46,6 +46,7 @@ impl Default for Tuning {
 /// Upper bounds that keep a typo from exhausting memory.
 pub const MAX_WORKERS: u32 = 256;
 pub const MAX_BATCH_BYTES: u64 = 64 * MIB;
+pub const MAX_PARTITION_BYTES: u64 = 4096 * MIB;
 pub const MAX_BULK_OPS: u32 = 100_000;
 
 /// Resolve tuning from a request, refusing out-of-range values with a message.
@@ -83,6 +84,14 @@ pub fn resolve(req: &StartRequest) -> Result<Tuning, String> {
             t.batch_bytes = b;
             // Keep room for a few batches per insert worker.
             t.budget_kib = t.budget_kib.max((b * 3 / 1024) as u32);
+        }
+        if let Some(p) = c.partition_bytes {
+            if !(MIB..=MAX_PARTITION_BYTES).contains(&p) {
+                return Err(format!(
+                    "clone.partitionBytes must be between {MIB} and {MAX_PARTITION_BYTES}"
+                ));
+            }
+            t.partition_bytes = p;
         }
     }
     t.catalog_workers = t.catalog_workers.max(t.parallel_collections);

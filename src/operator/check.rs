@@ -15,7 +15,6 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::api::crd::MigrationJob;
-use crate::cli::OperatorCheckArgs;
 
 use super::error::{Error, Result};
 
@@ -162,8 +161,19 @@ impl Report {
     }
 }
 
+/// What to check (the CLI builds it from `mongoferry operator check`'s flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Namespaces the operator watches (empty: all namespaces).
+    pub namespaces: Vec<String>,
+    /// Namespace of the leader Lease; its permissions are checked when given.
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+}
+
 /// Run every check with the in-cluster (or KUBECONFIG) credentials.
-pub async fn run(args: &OperatorCheckArgs) -> Result<Report> {
+pub async fn run(args: &CheckOptions) -> Result<Report> {
     let client = Client::try_default()
         .await
         .map_err(|e| Error::Connect(e.to_string()))?;

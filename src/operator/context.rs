@@ -9,9 +9,12 @@ use tracing::warn;
 
 use crate::api::crd::MigrationJob;
 
+use super::cache::Cache;
 use super::metrics::Metrics;
 
-pub struct Context {
+/// What every scope's controller shares.
+#[derive(Clone)]
+pub struct Shared {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -20,11 +23,37 @@ pub struct Context {
     pub worker_image: String,
     /// ServiceAccount of worker pods (None: the namespace's default).
     pub worker_service_account: Option<String>,
+    /// Port of the worker API on a worker pod's IP (the pod spec's; tests point it elsewhere).
+    pub worker_port: i32,
+}
+
+/// The context of one scope's reconciler: the shared parts (through `Deref`), its watch
+/// caches and its per-job failure counts.
+pub struct Context {
+    shared: Shared,
+    /// The worker pods and Secrets of this scope, as watched.
+    pub cache: Cache,
     /// Consecutive failed reconciliations per job, for the error backoff.
     pub failures: Mutex<HashMap<String, u32>>,
 }
 
+impl std::ops::Deref for Context {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 impl Context {
+    pub fn new(shared: Shared, cache: Cache) -> Context {
+        Context {
+            shared,
+            cache,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Publish an Event on the job (events.k8s.io); a failure to publish is only logged.
     pub async fn event(&self, job: &MigrationJob, warning: bool, reason: &str, note: String) {
         let ev = Event {

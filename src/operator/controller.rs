@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Api, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::api::crd::{MigrationJob, MigrationJobStatus};
 
@@ -26,14 +26,27 @@ fn key(job: &MigrationJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
 
+/// One reconciliation, in a span `reconcile` carrying the job (`namespace/name`), so every
+/// log line of it (text or JSON) names the job.
 pub async fn reconcile(job: Arc<MigrationJob>, ctx: Arc<Context>) -> Result<Requeue> {
-    let started = Instant::now();
-    let r = reconcile_job(&job, &ctx).await;
-    ctx.metrics.observe_reconcile(started.elapsed());
-    if r.is_ok() {
-        ctx.clear_failures(&key(&job));
+    let span = info_span!("reconcile", job = %key(&job));
+    async {
+        let started = Instant::now();
+        let r = reconcile_job(&job, &ctx).await;
+        let took = started.elapsed();
+        ctx.metrics.observe_reconcile(took);
+        debug!(
+            took_ms = took.as_millis() as u64,
+            ok = r.is_ok(),
+            "reconciled"
+        );
+        if r.is_ok() {
+            ctx.clear_failures(&key(&job));
+        }
+        r
     }
-    r
+    .instrument(span)
+    .await
 }
 
 /// Failed reconciliations back off exponentially per job: 1 s, 2 s, 4 s … 5 min.
@@ -66,11 +79,11 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
         .and_then(|a| a.get(ANNOTATION_SPEC_HASH).cloned())
         .unwrap_or_default();
     let decision = decide(&job.spec, &snap.observed, &hash);
-    debug!(job = %key(job), actions = ?decision.actions, "decided");
+    debug!(actions = ?decision.actions, "decided");
     let applied = apply::apply(ctx, job, &snap, &pod, &decision.actions).await?;
     if snap.observed.deleting {
         if decision.actions.contains(&Action::RemoveFinalizer) {
-            info!(job = %key(job), "worker stopped; finalizer removed");
+            info!("worker stopped; finalizer removed");
             let ns = job.namespace().unwrap_or_default();
             ctx.metrics.forget_job(&ns, &job.name_any());
         }
@@ -119,7 +132,9 @@ async fn write_status(ctx: &Context, job: &MigrationJob, new: &MigrationJobStatu
     Ok(())
 }
 
-/// One Event per change of state (and of the failure message).
+/// One Event per change of state, and one Warning per new failure: a Failed condition that
+/// appears or changes its message (for `TargetInUse`, only its appearance: the worker repeats
+/// the same refusal for as long as the other job owns the target).
 async fn state_events(
     ctx: &Context,
     job: &MigrationJob,
@@ -128,15 +143,8 @@ async fn state_events(
 ) {
     let from = old.state.as_deref().unwrap_or("none");
     let to = new.state.as_deref().unwrap_or("pending");
-    let failed_now = status::is_true(new, status::FAILED);
-    let fail_msg = |s: &MigrationJobStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::FAILED && c.status == "True")
-            .map(|c| c.message.clone())
-    };
     if from != to {
-        info!(job = %key(job), from, to, "state changed");
+        info!(from, to, "state changed");
         ctx.event(
             job,
             to == "failed",
@@ -145,21 +153,169 @@ async fn state_events(
         )
         .await;
     }
-    if failed_now && fail_msg(old) != fail_msg(new) {
-        let reason = new
-            .conditions
-            .iter()
-            .find(|c| c.type_ == status::FAILED)
-            .map(|c| c.reason.clone())
-            .unwrap_or_else(|| "Failed".into());
-        ctx.event(job, true, &reason, fail_msg(new).unwrap_or_default())
-            .await;
+    if let Some((reason, message)) = new_failure(old, new) {
+        ctx.event(job, true, &reason, message).await;
     }
+}
+
+/// The Failed condition (reason, message) of `new` worth an Event: True now, and not the one
+/// already reported in `old`.
+pub fn new_failure(old: &MigrationJobStatus, new: &MigrationJobStatus) -> Option<(String, String)> {
+    let failed = |s: &MigrationJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::FAILED && c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let now = failed(new)?;
+    let before = failed(old);
+    let same = match &before {
+        Some((reason, _)) if now.0 == status::TARGET_IN_USE => reason == &now.0,
+        Some(b) => b == &now,
+        None => false,
+    };
+    (!same).then_some(now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(reason: &str, message: &str) -> MigrationJobStatus {
+        MigrationJobStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: status::FAILED.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_failure_event_per_transition() {
+        let ok = MigrationJobStatus::default();
+        let a = failed("WorkerFailed", "auth failed");
+        assert_eq!(
+            new_failure(&ok, &a),
+            Some(("WorkerFailed".into(), "auth failed".into()))
+        );
+        assert_eq!(new_failure(&a, &a), None, "same failure: no new Event");
+        let b = failed("WorkerFailed", "network down");
+        assert!(
+            new_failure(&a, &b).is_some(),
+            "another message: a new Event"
+        );
+        assert_eq!(new_failure(&a, &ok), None, "recovered: no failure Event");
+        let t1 = failed(status::TARGET_IN_USE, "owned by shop/first (uid 1)");
+        let t2 = failed(status::TARGET_IN_USE, "owned by shop/first (uid 1), again");
+        assert_eq!(
+            new_failure(&ok, &t1).map(|f| f.0),
+            Some(status::TARGET_IN_USE.to_string())
+        );
+        assert_eq!(
+            new_failure(&t1, &t2),
+            None,
+            "TargetInUse: once per transition"
+        );
+        assert!(new_failure(&a, &t1).is_some());
+    }
+
+    #[tokio::test]
+    async fn target_in_use_fails_the_job_once_and_never_starts_it() {
+        use crate::api::{State, WorkerStatus};
+        use crate::operator::testing::{
+            context, fake_worker, job_with_credentials, secret, token_secret, FakeApi,
+        };
+        let refusal = "target b:1 belongs to MigrationJob shop/first (uid u-first); point this \
+                       job at another target, or drop the target's mongoferry database";
+        let (port, worker) = fake_worker(WorkerStatus {
+            ok: false,
+            state: State::Failed,
+            error: Some(refusal.into()),
+            failure_reason: Some(status::TARGET_IN_USE.into()),
+            ..Default::default()
+        })
+        .await;
+        let api = FakeApi::new();
+        let mut job = job_with_credentials();
+        job.metadata.finalizers = Some(vec![super::super::observe::FINALIZER.into()]);
+        job.metadata.generation = Some(1);
+        // The pod as this operator builds it (so its spec hash is current).
+        let creds = secret("creds", &[("username", "u"), ("password", "p")]);
+        let probe = context(&api, vec![], vec![token_secret("t"), creds.clone()], port);
+        let hash = observe(&probe, &job, Timestamp::now())
+            .await
+            .expect("observe")
+            .credentials_hash;
+        let mut pod = podspec::worker_pod(
+            &job,
+            &PodInputs {
+                default_image: &probe.worker_image,
+                service_account: None,
+                credentials_hash: &hash,
+                owner: apply::owner(&job).expect("owner"),
+            },
+        );
+        pod.status = crate::operator::testing::worker_pod("uid-1", "Running").status;
+        let ctx = context(&api, vec![pod], vec![token_secret("t"), creds], port);
+
+        reconcile_job(&job, &ctx).await.expect("reconcile");
+        let calls = api.calls();
+        let patch = calls
+            .iter()
+            .find(|c| c.is("PATCH", "/migrationjobs/mig/status"))
+            .expect("status written");
+        assert!(
+            patch.uri.contains("fieldManager=mongoferry-operator"),
+            "{}",
+            patch.uri
+        );
+        let st: MigrationJobStatus =
+            serde_json::from_value(patch.body["status"].clone()).expect("status");
+        let cond = |t: &str| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .expect("condition")
+        };
+        let failed = cond(status::FAILED);
+        assert_eq!(
+            (
+                failed.status.as_str(),
+                failed.reason.as_str(),
+                failed.message.as_str()
+            ),
+            ("True", status::TARGET_IN_USE, refusal)
+        );
+        let ready = cond(status::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_str()),
+            ("False", refusal)
+        );
+        assert_eq!(cond(status::PROGRESSING).status, "False");
+        assert_eq!(st.message.as_deref(), Some(refusal));
+        assert_eq!(
+            api.event_reasons(),
+            vec!["StateChanged", status::TARGET_IN_USE]
+        );
+
+        // Next reconcile, status as written: no new Event, no status write, no start.
+        job.status = Some(st);
+        let before = api.calls().len();
+        reconcile_job(&job, &ctx).await.expect("reconcile");
+        assert_eq!(api.calls().len(), before, "{:?}", &api.calls()[before..]);
+        let w = worker.lock().expect("worker");
+        assert!(
+            w.calls.iter().all(|c| c == "GET /status"),
+            "only status was read: {:?}",
+            w.calls
+        );
+    }
 
     #[test]
     fn error_backoff_grows_and_caps() {

@@ -193,6 +193,16 @@ pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -
 fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
     use State as S;
     let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
+    if super::status::target_in_use(ws) {
+        // Another migration owns the target: the worker refuses every start and resume, and
+        // a retry, a reset or a new pod would only be refused again. Wait (slowly) for the
+        // user to point this job elsewhere or to release the target.
+        return Decision::new(vec![], failed_backoff(obs.failed_for)).waiting(
+            ws.error
+                .clone()
+                .unwrap_or_else(|| "the target belongs to another migration".into()),
+        );
+    }
     if let Some(r) = obs
         .reset_annotation
         .clone()
@@ -320,6 +330,7 @@ pub fn start_request(spec: &MigrationJobSpec) -> StartRequest {
             read_workers: c.read_workers,
             insert_workers: c.insert_workers,
             batch_bytes: c.batch_bytes,
+            partition_bytes: None,
         }),
         replication: t.replication.map(|r| ReplicationTuning {
             workers: r.workers,
@@ -373,11 +384,6 @@ mod tests {
 
     fn obs(worker: WorkerObs) -> Observed {
         Observed {
-            deleting: false,
-            deleting_for: Duration::ZERO,
-            has_finalizer: true,
-            token_secret: true,
-            credentials: CredentialsObs::Ready { hash: "c".into() },
             pod: Some(PodObs {
                 name: "mig-worker".into(),
                 ip: Some("127.0.0.9".into()),
@@ -385,12 +391,7 @@ mod tests {
                 ..Default::default()
             }),
             worker,
-            retry_annotation: None,
-            handled_retry: None,
-            reset_annotation: None,
-            handled_reset: None,
-            failed_for: None,
-            preflight_hold: None,
+            ..crate::operator::testing::observed()
         }
     }
 
@@ -588,6 +589,32 @@ mod tests {
         assert_eq!(d.handled_retry.as_deref(), Some("7"));
         o.handled_retry = Some("7".into());
         assert!(calls(&decide(&spec("running"), &o, HASH)).is_empty());
+    }
+
+    #[test]
+    fn target_in_use_never_starts_resumes_or_replaces_the_pod() {
+        let refusal = "the target already belongs to MigrationJob shop/first (uid u-1); \
+                       point this job at another target";
+        let mut s = WorkerStatus {
+            ok: false,
+            state: State::Failed,
+            error: Some(refusal.into()),
+            failure_reason: Some("TargetInUse".into()),
+            ..Default::default()
+        };
+        s.initial_sync.clone_completed = false;
+        let mut o = obs(WorkerObs::Status(Box::new(s)));
+        o.retry_annotation = Some("again".into());
+        o.reset_annotation = Some("over".into());
+        o.failed_for = Some(Duration::from_secs(8));
+        for desired in ["running", "paused", "finalized"] {
+            let d = decide(&spec(desired), &o, HASH);
+            assert!(d.actions.is_empty(), "{desired}: {:?}", d.actions);
+            assert_eq!(d.waiting.as_deref(), Some(refusal));
+            assert_eq!(d.handled_retry, None, "the retry stays pending");
+            assert_eq!(d.handled_reset, None, "the reset stays pending");
+            assert!(d.requeue >= CALM, "no hot loop");
+        }
     }
 
     #[test]

@@ -34,6 +34,14 @@ pub enum Error {
         "cannot connect to Kubernetes: {0}. Set KUBECONFIG or run in a pod with a ServiceAccount"
     )]
     Connect(String),
+    #[error(
+        "the operator's watch of pods and Secrets stopped; restarting the operator resumes it"
+    )]
+    CacheClosed,
+    #[error(
+        "the watch caches of pods and Secrets are not filled after {0:?}; may this ServiceAccount list and watch pods and secrets? (mongoferry operator check)"
+    )]
+    CacheNotReady(Duration),
 }
 
 impl Error {
@@ -50,6 +58,7 @@ impl Error {
             Error::Lease(_) => "lease",
             Error::LeadershipLost => "leadership",
             Error::Connect(_) => "connect",
+            Error::CacheClosed | Error::CacheNotReady(_) => "cache",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Only the holder of the leader Lease runs the controller; losing it ends the process.
 
 pub mod apply;
+pub mod cache;
 pub mod check;
 pub mod context;
 pub mod controller;
@@ -15,50 +16,71 @@ pub mod observe;
 pub mod podspec;
 pub mod preflight;
 pub mod status;
+#[cfg(test)]
+pub mod testing;
 pub mod worker_client;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::crd::MigrationJob;
-use crate::cli::OperatorArgs;
 
 use context::Context;
 use error::{Error, Result};
 
-pub async fn run(args: OperatorArgs) -> Result<()> {
+/// How the operator runs (the CLI builds it from its flags; see `mongoferry operator --help`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Watch MigrationJobs in these namespaces only (empty: all namespaces).
+    pub namespaces: Vec<String>,
+    /// Image of the worker pods whose job names none.
+    pub worker_image: String,
+    /// ServiceAccount of the worker pods (None: the namespace's `default`).
+    pub worker_service_account: Option<String>,
+    /// Address of /metrics and /healthz.
+    pub metrics_listen: String,
+    /// Run the controller only while holding the leader Lease.
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (None: the client's default namespace).
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// Identity in the Lease and in Events (None: host name plus a random suffix).
+    pub identity: Option<String>,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
     let client = Client::try_default()
         .await
         .map_err(|e| Error::Connect(e.to_string()))?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| Error::MetricsListen {
-        addr: args.metrics_listen.clone(),
+        addr: opts.metrics_listen.clone(),
         detail: e.to_string(),
     })?);
-    let server = tokio::spawn(metrics::serve(args.metrics_listen.clone(), metrics.clone()));
-    let identity = leader::identity(args.identity.clone());
-    info!(identity = %identity, namespaces = ?args.namespaces, worker_image = %args.worker_image,
-          metrics = %args.metrics_listen, leader_election = args.leader_election, "starting operator");
+    let server = tokio::spawn(metrics::serve(opts.metrics_listen.clone(), metrics.clone()));
+    let identity = leader::identity(opts.identity.clone());
+    info!(identity = %identity, namespaces = ?opts.namespaces, worker_image = %opts.worker_image,
+          metrics = %opts.metrics_listen, leader_election = opts.leader_election, "starting operator");
     let work = async {
-        if args.leader_election {
-            let lease_ns = args
+        if opts.leader_election {
+            let lease_ns = opts
                 .lease_namespace
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_string());
             let lease =
-                leader::Leader::acquire(client.clone(), &args.lease_name, &lease_ns, &identity)
+                leader::Leader::acquire(client.clone(), &opts.lease_name, &lease_ns, &identity)
                     .await?;
             metrics.leader.set(1);
             let out = tokio::select! {
-                r = run_controller(client.clone(), &args, &identity, metrics.clone()) => r,
+                r = run_controller(client.clone(), &opts, &identity, metrics.clone()) => r,
                 lost = lease.lost() => Err(lost),
             };
             metrics.leader.set(0);
@@ -66,7 +88,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             out
         } else {
             metrics.leader.set(1);
-            run_controller(client.clone(), &args, &identity, metrics.clone()).await
+            run_controller(client.clone(), &opts, &identity, metrics.clone()).await
         }
     };
     tokio::select! {
@@ -74,21 +96,21 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         r = server => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(Error::MetricsListen { addr: args.metrics_listen.clone(), detail: e.to_string() }),
+            Err(e) => Err(Error::MetricsListen { addr: opts.metrics_listen.clone(), detail: e.to_string() }),
         },
     }
 }
 
-/// One controller per watched namespace (or one over all namespaces), sharing the context:
-/// with `--namespace a,b` every API call stays inside those namespaces, so a Role in each is
-/// all the operator needs.
+/// One controller per watched namespace (or one over all namespaces), each with its own watch
+/// caches: with `--namespace a,b` every API call stays inside those namespaces, so a Role in
+/// each is all the operator needs.
 async fn run_controller(
     client: Client,
-    args: &OperatorArgs,
+    opts: &Options,
     identity: &str,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<()> {
-    let scopes = scopes(&args.namespaces);
+    let scopes = scopes(&opts.namespaces);
     for scope in &scopes {
         let jobs: Api<MigrationJob> = api(&client, scope.as_deref());
         jobs.list(&ListParams::default().limit(1))
@@ -101,20 +123,20 @@ async fn run_controller(
         controller: controller::FIELD_MANAGER.into(),
         instance: Some(identity.to_string()),
     };
-    let ctx = Arc::new(Context {
+    let shared = context::Shared {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         http: worker_client::WorkerClient::http(),
-        worker_image: args.worker_image.clone(),
-        worker_service_account: args.worker_service_account.clone(),
-        failures: Mutex::new(HashMap::new()),
-    });
+        worker_image: opts.worker_image.clone(),
+        worker_service_account: opts.worker_service_account.clone(),
+        worker_port: podspec::WORKER_PORT,
+    };
     info!(namespaces = ?scopes, "controller running");
     futures::future::join_all(
         scopes
             .iter()
-            .map(|scope| controller_in(client.clone(), scope.as_deref(), ctx.clone())),
+            .map(|scope| controller_in(client.clone(), scope.as_deref(), shared.clone())),
     )
     .await;
     info!("controller stopped");
@@ -150,7 +172,10 @@ where
     }
 }
 
-async fn controller_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) {
+/// The controller of one scope. Worker pods and Secrets are watched once each; the watch
+/// streams fill the caches that observation reads (no GET per reconcile) and trigger the jobs
+/// they concern.
+async fn controller_in(client: Client, ns: Option<&str>, shared: context::Shared) {
     let (jobs, pods, secrets): (Api<MigrationJob>, Api<Pod>, Api<Secret>) =
         (api(&client, ns), api(&client, ns), api(&client, ns));
     let owned = watcher::Config::default().labels(&format!(
@@ -158,13 +183,29 @@ async fn controller_in(client: Client, ns: Option<&str>, ctx: Arc<Context>) {
         podspec::LABEL_MANAGED_BY,
         podspec::MANAGED_BY
     ));
+    let (pod_cache, pod_writer) = reflector::store::<Pod>();
+    let pod_events = watcher(pods, owned)
+        .default_backoff()
+        .modify(cache::slim)
+        .reflect(pod_writer)
+        .touched_objects();
+    let (secret_cache, secret_writer) = reflector::store::<Secret>();
+    let secret_events = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .modify(cache::slim)
+        .reflect(secret_writer)
+        .touched_objects();
+    let ctx = Arc::new(Context::new(
+        shared,
+        cache::Cache::new(pod_cache, secret_cache),
+    ));
     let controller = Controller::new(jobs, watcher::Config::default());
     let store = controller.store();
     controller
-        .owns(pods, owned)
+        .owns_stream(pod_events)
         // Credentials Secrets are the user's: map each to the jobs that name it, so a
         // rotation (or a Secret created late) is acted upon at once.
-        .watches(secrets, watcher::Config::default(), move |s: Secret| {
+        .watches_stream(secret_events, move |s: Secret| {
             let ns = s.namespace();
             let name = s.name_any();
             store

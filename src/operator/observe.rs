@@ -1,18 +1,20 @@
-//! Observe: read the job's worker pod, its Secrets and the worker's /status.
+//! Observe: the job's worker pod and Secrets as the watch caches hold them (no API call), and
+//! the worker's /status.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::api::crd::{Endpoint, MigrationJob};
 
+use super::cache::Cache;
 use super::context::Context;
 use super::decide::{CredentialsObs, Observed, PodObs, WorkerObs};
-use super::error::{kube, Error, Result};
-use super::podspec::{self, ANNOTATION_SPEC_HASH, TOKEN_KEY, WORKER_PORT};
+use super::error::{Error, Result};
+use super::podspec::{self, ANNOTATION_SPEC_HASH, TOKEN_KEY};
 use super::status::{true_since, FAILED};
 use super::worker_client::WorkerClient;
 
@@ -31,25 +33,21 @@ pub struct Snapshot {
 pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Result<Snapshot> {
     let ns = job.namespace().ok_or(Error::MissingField("namespace"))?;
     let name = job.name_any();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-
-    let token = secrets
-        .get_opt(&podspec::token_secret_name(&name))
-        .await
-        .map_err(kube("reading the API token Secret"))?
+    ctx.cache.ready().await?;
+    let token = ctx
+        .cache
+        .secret(&ns, &podspec::token_secret_name(&name))
         .and_then(|s| secret_value(&s, TOKEN_KEY));
-    let credentials = credentials(&secrets, job, &ns).await?;
+    let credentials = credentials(&ctx.cache, job, &ns);
     let credentials_hash = match &credentials {
         CredentialsObs::Ready { hash } => hash.clone(),
         CredentialsObs::Missing { .. } => String::new(),
     };
-    let pod = pods
-        .get_opt(&podspec::pod_name(&name))
-        .await
-        .map_err(kube("reading the worker pod"))?
+    let pod = ctx
+        .cache
+        .pod(&ns, &podspec::pod_name(&name))
         .filter(|p| owned_by(p, job));
-    let pod_obs = pod.as_ref().map(pod_obs);
+    let pod_obs = pod.as_deref().map(pod_obs);
     let pod_ip = pod
         .as_ref()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
@@ -96,7 +94,7 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
 }
 
 pub async fn worker_status(ctx: &Context, ip: &str, token: &str) -> WorkerObs {
-    let c = WorkerClient::new(ctx.http.clone(), ip, WORKER_PORT, token.to_string());
+    let c = WorkerClient::new(ctx.http.clone(), ip, ctx.worker_port, token.to_string());
     match c.status().await {
         Ok(s) => WorkerObs::Status(Box::new(s)),
         Err(e) => WorkerObs::Unreachable(e.to_string()),
@@ -158,11 +156,7 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
 }
 
 /// Check every referenced Secret and key; hash the data the worker will use.
-async fn credentials(
-    secrets: &Api<Secret>,
-    job: &MigrationJob,
-    ns: &str,
-) -> Result<CredentialsObs> {
+fn credentials(cache: &Cache, job: &MigrationJob, ns: &str) -> CredentialsObs {
     let mut refs: Vec<(String, String, String)> = Vec::new();
     let mut add = |side: &str, ep: &Endpoint| {
         if let Some(c) = &ep.credentials_secret_ref {
@@ -182,16 +176,12 @@ async fn credentials(
     add("target", &job.spec.target);
     let mut h = Sha256::new();
     for (field, name, key) in refs {
-        let Some(s) = secrets
-            .get_opt(&name)
-            .await
-            .map_err(kube("reading a credentials Secret"))?
-        else {
-            return Ok(CredentialsObs::Missing {
+        let Some(s) = cache.secret(ns, &name) else {
+            return CredentialsObs::Missing {
                 message: format!(
                     "Secret {name} (named by {field}) does not exist in namespace {ns}; create it"
                 ),
-            });
+            };
         };
         let value = s
             .data
@@ -199,9 +189,9 @@ async fn credentials(
             .and_then(|d| d.get(&key))
             .map(|b| b.0.clone());
         let Some(value) = value else {
-            return Ok(CredentialsObs::Missing {
+            return CredentialsObs::Missing {
                 message: format!("Secret {name} (named by {field}) has no key {key:?}"),
-            });
+            };
         };
         h.update(name.as_bytes());
         h.update([0]);
@@ -216,5 +206,202 @@ async fn credentials(
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(CredentialsObs::Ready { hash })
+    CredentialsObs::Ready { hash }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::State;
+    use crate::operator::testing::{
+        context, fake_worker, job_with_credentials, secret, token_secret, worker_pod, FakeApi,
+    };
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).expect("ts")
+    }
+
+    fn running() -> crate::api::WorkerStatus {
+        crate::api::WorkerStatus {
+            ok: true,
+            state: State::Running,
+            events_applied: 12,
+            ..Default::default()
+        }
+    }
+
+    fn creds() -> k8s_openapi::api::core::v1::Secret {
+        secret("creds", &[("username", "ferry"), ("password", "pw-1")])
+    }
+
+    #[tokio::test]
+    async fn reads_pod_and_secrets_from_the_cache_without_api_calls() {
+        let api = FakeApi::new();
+        let (port, worker) = fake_worker(running()).await;
+        let ctx = context(
+            &api,
+            vec![worker_pod("uid-1", "Running")],
+            vec![token_secret("tok-1"), creds()],
+            port,
+        );
+        let snap = observe(&ctx, &job_with_credentials(), now())
+            .await
+            .expect("observe");
+        let o = &snap.observed;
+        assert!(o.token_secret && !o.has_finalizer);
+        assert_eq!(snap.token.as_deref(), Some("tok-1"));
+        assert!(matches!(&o.credentials, CredentialsObs::Ready { hash } if hash.len() == 16));
+        assert_eq!(snap.credentials_hash.len(), 16);
+        let pod = o.pod.as_ref().expect("pod");
+        assert_eq!((pod.name.as_str(), pod.restarts), ("mig-worker", 1));
+        assert_eq!(snap.pod_ip.as_deref(), Some("127.0.0.1"));
+        match &o.worker {
+            WorkerObs::Status(s) => assert_eq!((s.state, s.events_applied), (State::Running, 12)),
+            other => panic!("{other:?}"),
+        }
+        assert!(api.calls().is_empty(), "no API call: {:?}", api.calls());
+        let w = worker.lock().expect("worker");
+        assert_eq!(w.calls, vec!["GET /status"]);
+        assert_eq!(w.tokens, vec!["tok-1"], "the token from the cached Secret");
+    }
+
+    #[tokio::test]
+    async fn missing_secret_or_key_is_named() {
+        let api = FakeApi::new();
+        let ctx = context(&api, vec![], vec![], 1);
+        let snap = observe(&ctx, &job_with_credentials(), now())
+            .await
+            .expect("observe");
+        match &snap.observed.credentials {
+            CredentialsObs::Missing { message } => assert!(
+                message.contains("Secret creds")
+                    && message.contains("spec.source.credentialsSecretRef")
+                    && message.contains("namespace shop"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(!snap.observed.token_secret);
+        assert_eq!(snap.observed.pod, None);
+        assert_eq!(snap.observed.worker, WorkerObs::NotAsked);
+        let ctx = context(&api, vec![], vec![secret("creds", &[("username", "u")])], 1);
+        let snap = observe(&ctx, &job_with_credentials(), now())
+            .await
+            .expect("observe");
+        match &snap.observed.credentials {
+            CredentialsObs::Missing { message } => {
+                assert!(message.contains("has no key \"password\""), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(api.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn credentials_hash_follows_a_rotation() {
+        let api = FakeApi::new();
+        let hash = |pw: &str| {
+            let ctx = context(
+                &api,
+                vec![],
+                vec![secret("creds", &[("username", "ferry"), ("password", pw)])],
+                1,
+            );
+            async move {
+                observe(&ctx, &job_with_credentials(), now())
+                    .await
+                    .expect("observe")
+                    .credentials_hash
+            }
+        };
+        let a = hash("pw-1").await;
+        assert_eq!(a, hash("pw-1").await);
+        assert_ne!(a, hash("pw-2").await);
+    }
+
+    #[tokio::test]
+    async fn foreign_pending_or_terminating_pods_are_not_asked() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let api = FakeApi::new();
+        let (port, worker) = fake_worker(running()).await;
+        let job = job_with_credentials();
+        let with_pod = |pod| context(&api, vec![pod], vec![token_secret("t"), creds()], port);
+        let ctx = with_pod(worker_pod("someone-else", "Running"));
+        let snap = observe(&ctx, &job, now()).await.expect("observe");
+        assert_eq!(
+            snap.observed.pod, None,
+            "a pod of another owner is not ours"
+        );
+        let ctx = with_pod(worker_pod("uid-1", "Pending"));
+        let snap = observe(&ctx, &job, now()).await.expect("observe");
+        assert!(snap.observed.pod.is_some());
+        assert_eq!(snap.observed.worker, WorkerObs::NotAsked);
+        let mut gone = worker_pod("uid-1", "Running");
+        gone.metadata.deletion_timestamp = Some(Time(now()));
+        let snap = observe(&with_pod(gone), &job, now())
+            .await
+            .expect("observe");
+        assert!(snap.observed.pod.as_ref().is_some_and(|p| p.terminating));
+        assert_eq!(snap.observed.worker, WorkerObs::NotAsked);
+        assert!(worker.lock().expect("worker").calls.is_empty());
+    }
+
+    #[tokio::test]
+    async fn container_problems_and_unreachable_workers_are_shown() {
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting};
+        let api = FakeApi::new();
+        let mut pod = worker_pod("uid-1", "Running");
+        if let Some(cs) = pod
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+        {
+            cs[0].state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: Some("back-off 10s".into()),
+                }),
+                ..Default::default()
+            });
+        }
+        // Port 1 on loopback: nothing listens.
+        let ctx = context(&api, vec![pod], vec![token_secret("t"), creds()], 1);
+        let snap = observe(&ctx, &job_with_credentials(), now())
+            .await
+            .expect("observe");
+        let p = snap.observed.pod.as_ref().expect("pod");
+        assert_eq!(
+            p.problem.as_deref(),
+            Some("worker pod: CrashLoopBackOff: back-off 10s")
+        );
+        assert!(
+            matches!(&snap.observed.worker, WorkerObs::Unreachable(e) if e.contains("127.0.0.1:1")),
+            "{:?}",
+            snap.observed.worker
+        );
+    }
+
+    #[tokio::test]
+    async fn job_fields_become_observations() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let api = FakeApi::new();
+        let ctx = context(&api, vec![], vec![creds()], 1);
+        let mut job = job_with_credentials();
+        job.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        job.metadata.deletion_timestamp =
+            Some(Time(Timestamp::from_second(1_000_000 - 30).expect("ts")));
+        job.metadata.annotations = Some(
+            [
+                (RETRY_ANNOTATION.to_string(), "r2".to_string()),
+                (RESET_ANNOTATION.to_string(), "x".to_string()),
+            ]
+            .into(),
+        );
+        let snap = observe(&ctx, &job, now()).await.expect("observe");
+        let o = snap.observed;
+        assert!(o.deleting && o.has_finalizer);
+        assert_eq!(o.deleting_for, Duration::from_secs(30));
+        assert_eq!(o.retry_annotation.as_deref(), Some("r2"));
+        assert_eq!(o.reset_annotation.as_deref(), Some("x"));
+    }
 }

@@ -85,6 +85,15 @@ pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
         format!("$(POD_IP):{WORKER_PORT}"),
         "--api-token-file".into(),
         format!("{MOUNT_ROOT}/api/{TOKEN_KEY}"),
+        // Who the worker works for: it records the owner of the target, and names the
+        // owning job when it refuses a target another job owns.
+        "--job-id".into(),
+        job.metadata.uid.clone().unwrap_or_default(),
+        "--job-name".into(),
+        format!(
+            "{}/{name}",
+            job.metadata.namespace.as_deref().unwrap_or_default()
+        ),
     ];
     let mut env = vec![EnvVar {
         name: "POD_IP".into(),
@@ -377,6 +386,7 @@ mod tests {
         assert!(args.contains("--source-tls-ca-file /etc/mongoferry/source-tls/ca.crt"));
         assert!(!args.contains("--target-password-file"), "{args}");
         assert!(args.contains("--listen $(POD_IP):2242"));
+        assert!(args.contains("--job-id u1 --job-name ns/mig"), "{args}");
         assert_eq!(c.image.as_deref(), Some("reg/mongoferry:1.0"));
         let vols = spec.volumes.clone().unwrap_or_default();
         let creds = vols

@@ -16,6 +16,9 @@ pub const PROGRESSING: &str = "Progressing";
 pub const PAUSED: &str = "Paused";
 pub const FINALIZED: &str = "Finalized";
 pub const FAILED: &str = "Failed";
+/// Reason of the Failed condition (and of its Event) when the worker refuses a target that
+/// another migration owns; the worker's `failureReason` carries the same word.
+pub const TARGET_IN_USE: &str = "TargetInUse";
 const MAX_LIST: usize = 20;
 
 pub struct Inputs<'a> {
@@ -218,7 +221,11 @@ fn conditions(
         (_, Some(ws)) if ws.state == State::Failed => Cond {
             type_: FAILED,
             on: true,
-            reason: "WorkerFailed",
+            reason: if target_in_use(ws) {
+                TARGET_IN_USE
+            } else {
+                "WorkerFailed"
+            },
             message: ws.error.clone().unwrap_or_default(),
         },
         _ => match obs.pod.as_ref().and_then(|p| p.problem.clone()) {
@@ -305,7 +312,15 @@ fn conditions(
         } else {
             "Transitioning"
         },
-        message: if at_desired { String::new() } else { waiting },
+        // A failure is why the job is not ready: Ready carries its message (kstatus-based
+        // tools show Ready's message).
+        message: if failed.on {
+            failed.message.clone()
+        } else if at_desired {
+            String::new()
+        } else {
+            waiting
+        },
     };
     [ready, progressing, paused, finalized, failed]
         .into_iter()
@@ -342,6 +357,11 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Whether the worker refuses its target because another migration owns it.
+pub fn target_in_use(ws: &WorkerStatus) -> bool {
+    ws.state == State::Failed && ws.failure_reason.as_deref() == Some(TARGET_IN_USE)
+}
+
 /// The condition of `type_` if True.
 pub fn is_true(st: &MigrationJobStatus, type_: &str) -> bool {
     st.conditions
@@ -372,23 +392,13 @@ mod tests {
 
     fn observed(worker: WorkerObs) -> Observed {
         Observed {
-            deleting: false,
-            deleting_for: Duration::ZERO,
-            has_finalizer: true,
-            token_secret: true,
-            credentials: CredentialsObs::Ready { hash: "c".into() },
             pod: Some(PodObs {
                 name: "p".into(),
                 restarts: 2,
                 ..Default::default()
             }),
             worker,
-            retry_annotation: None,
-            handled_retry: None,
-            reset_annotation: None,
-            handled_reset: None,
-            failed_for: None,
-            preflight_hold: None,
+            ..crate::operator::testing::observed()
         }
     }
 
@@ -511,6 +521,43 @@ mod tests {
         );
         assert!(is_true(&st, FAILED));
         assert_eq!(true_since(&st, FAILED), Some(t(5)));
+    }
+
+    #[test]
+    fn target_in_use_is_a_failure_naming_the_owner() {
+        let refusal = "target mongodb://b:1 already belongs to MigrationJob shop/first \
+                       (uid 7c1e); point this job at another target";
+        let st = run(
+            "running",
+            worker(State::Failed, |w| {
+                w.ok = false;
+                w.error = Some(refusal.into());
+                w.failure_reason = Some(TARGET_IN_USE.into());
+            }),
+            None,
+            5,
+        );
+        let failed = cond(&st, FAILED);
+        assert_eq!(
+            (failed.status.as_str(), failed.reason.as_str()),
+            ("True", TARGET_IN_USE)
+        );
+        assert_eq!(failed.message, refusal);
+        let ready = cond(&st, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_str()),
+            ("False", refusal)
+        );
+        assert_eq!(cond(&st, PROGRESSING).status, "False");
+        assert_eq!(st.message.as_deref(), Some(refusal));
+        // Another failure keeps its own reason.
+        let other = run(
+            "running",
+            worker(State::Failed, |w| w.error = Some("oplog lost".into())),
+            None,
+            5,
+        );
+        assert_eq!(cond(&other, FAILED).reason, "WorkerFailed");
     }
 
     #[test]

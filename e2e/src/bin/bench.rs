@@ -23,6 +23,9 @@ use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 use mongoferry_e2e::controlplane::ControlPlane;
+use mongoferry_e2e::fixtures::Operator;
+use mongoferry_e2e::kubectl::{repo_root, Kubectl, CRD};
+use mongoferry_e2e::proc::cpu_secs;
 use mongoferry_e2e::servers::{MongoServer, ServerOptions, SECANTUS_RS_VERSION};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use mongoferry_e2e::workload::{
@@ -140,13 +143,6 @@ fn parse_args() -> Opts {
     o
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 /// `MONGOFERRY_BIN`, else build the worker in release and use it.
 fn worker_binary() -> Res<PathBuf> {
     if let Ok(p) = std::env::var("MONGOFERRY_BIN") {
@@ -221,18 +217,6 @@ fn mem_total_gib() -> f64 {
         })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds (user + system) a process has used so far; 0 when unknown.
-fn cpu_secs(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) end with ')'; utime and stime are
-    // the 14th and 15th fields, in clock ticks (100 a second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
 }
 
 /// CPU seconds used by the worker, the source server and the target server.
@@ -1237,7 +1221,7 @@ async fn bench_operator(quick: bool, bin: &Path, rep: &mut Report) {
                 .split_once('/')
                 .ok_or("MONGOFERRY_BENCH_MIGRATIONJOB must be namespace/name")?;
             let worker_url = std::env::var("MONGOFERRY_BENCH_WORKER_URL").ok();
-            let v = patch_latencies(None, ns, name, worker_url.as_deref())?;
+            let v = patch_latencies(&Kubectl::ambient(), ns, name, worker_url.as_deref())?;
             Ok((v, format!("MigrationJob {mj} of the cluster in KUBECONFIG")))
         })
         .await
@@ -1298,16 +1282,6 @@ async fn bench_operator(quick: bool, bin: &Path, rep: &mut Report) {
     rep.section("Operator", &md);
 }
 
-/// The operator (`mongoferry operator`) as a local process; killed on drop.
-struct OperatorProcess(std::process::Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Start the test control plane, the operator and a MigrationJob between two fresh SecantusDB
 /// servers; wait until it replicates; measure; stop everything.
 async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, String)> {
@@ -1319,52 +1293,14 @@ async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, 
         "bench: operator: control plane up in {:.0} s",
         t.elapsed().as_secs_f64()
     );
-    let kc = cp.kubeconfig.clone();
-    let crd = repo_root().join("crds/mongoferry.io_migrationjobs.yaml");
-    kubectl(Some(&kc), &["apply", "-f", &crd.display().to_string()])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while kubectl(
-        Some(&kc),
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/migrationjobs.mongoferry.io",
-            "--timeout=10s",
-        ],
-    )
-    .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err("the MigrationJob CRD was not established in 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let kc = Kubectl::new(&cp);
+    kc.install_crd(CRD);
     let src = source_server().await?;
     let dst = server().await?;
     let mut spec = SeedSpec::new("shop", "orders", 2_000);
     spec.batch_size = 500;
     seed_dataset(&src.client(), &spec).await?;
-    let port = mongoferry_e2e::servers::free_port()?;
-    let log = std::fs::File::create(cp.state_dir.join("operator-bench.log"))?;
-    let _op = OperatorProcess(
-        Command::new(bin)
-            .args([
-                "operator",
-                "--worker-image",
-                "mongoferry:dev",
-                "--metrics-listen",
-                &format!("127.0.0.1:{port}"),
-                "--identity",
-                "bench",
-                "--lease-namespace",
-                "default",
-            ])
-            .env("KUBECONFIG", &kc)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()?,
-    );
+    let _op = Operator::start_with(&cp, bin, "bench", false, &[]);
     let job = format!(
         "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: bench\n  namespace: default\nspec:\n  desiredState: running\n  source:\n    uri: mongodb://{}/\n  target:\n    uri: mongodb://{}/\n  namespaces:\n    include: ['shop.*']\n",
         src.host(),
@@ -1372,13 +1308,10 @@ async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, 
     );
     let path = cp.state_dir.join("bench-job.yaml");
     std::fs::write(&path, job)?;
-    kubectl(Some(&kc), &["apply", "-f", &path.display().to_string()])?;
+    kc.run(&["apply", "-f", &path.display().to_string()])?;
     let t = Instant::now();
     loop {
-        let j: Value = kubectl(Some(&kc), &["get", "mj", "bench", "-o", "json"])
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+        let j = kc.get("mj", "bench").unwrap_or(Value::Null);
         if j["status"]["state"] == "running" && j["status"]["phase"] == "replicating" {
             break;
         }
@@ -1406,12 +1339,11 @@ async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, 
         },
     );
     let kc2 = kc.clone();
-    let r =
-        tokio::task::spawn_blocking(move || patch_latencies(Some(&kc2), "default", "bench", None))
-            .await
-            .unwrap_or_else(|e| Err(format!("operator measurement panicked: {e}").into()));
+    let r = tokio::task::spawn_blocking(move || patch_latencies(&kc2, "default", "bench", None))
+        .await
+        .unwrap_or_else(|e| Err(format!("operator measurement panicked: {e}").into()));
     wl.stop().await;
-    let _ = kubectl(Some(&kc), &["delete", "mj", "bench", "--wait=false"]);
+    let _ = kc.run(&["delete", "mj", "bench", "--wait=false"]);
     drop(cp);
     Ok((
         r?,
@@ -1422,45 +1354,22 @@ async fn operator_on_test_control_plane(bin: &Path) -> Res<(Vec<(String, f64)>, 
     ))
 }
 
-/// `kubectl` with `KUBECONFIG` when given; its stdout, or its stderr as the error.
-fn kubectl(kubeconfig: Option<&Path>, args: &[&str]) -> Res<String> {
-    let mut c = Command::new("kubectl");
-    c.args(args);
-    if let Some(k) = kubeconfig {
-        c.env("KUBECONFIG", k);
-    }
-    let out = c.output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into())
-    }
-}
-
 /// 20 patches alternating paused/running; (desired state, seconds to see it) each.
 fn patch_latencies(
-    kubeconfig: Option<&Path>,
+    kc: &Kubectl,
     ns: &str,
     name: &str,
     worker_url: Option<&str>,
 ) -> Res<Vec<(String, f64)>> {
-    let first = kubectl(
-        kubeconfig,
-        &[
-            "get",
-            "mj",
-            name,
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.status.state}",
-        ],
-    )?;
+    let first = kc.run(&[
+        "get",
+        "mj",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.state}",
+    ])?;
     if first != "running" {
         return Err(format!("MigrationJob {ns}/{name} is not running (state {first:?})").into());
     }
@@ -1468,7 +1377,7 @@ fn patch_latencies(
     for i in 0..20 {
         let want = if i % 2 == 0 { "paused" } else { "running" };
         // Watch before patching, so the change is seen as soon as the apiserver sends it.
-        let mut watch = Command::new("kubectl");
+        let mut watch = kc.command();
         watch
             .args([
                 "get",
@@ -1482,9 +1391,6 @@ fn patch_latencies(
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        if let Some(k) = kubeconfig {
-            watch.env("KUBECONFIG", k);
-        }
         let mut watch = watch.spawn()?;
         let stdout = watch.stdout.take().ok_or("kubectl watch without stdout")?;
         let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
@@ -1500,15 +1406,12 @@ fn patch_latencies(
         let _ = rx.recv_timeout(Duration::from_secs(10));
         let t0 = Instant::now();
         let patch = format!("{{\"spec\":{{\"desiredState\":\"{want}\"}}}}");
-        if let Err(e) = kubectl(
-            kubeconfig,
-            &[
-                "patch", "mj", name, "-n", ns, "--type", "merge", "-p", &patch,
-            ],
-        ) {
+        if let Err(e) = kc.run(&[
+            "patch", "mj", name, "-n", ns, "--type", "merge", "-p", &patch,
+        ]) {
             let _ = watch.kill();
             let _ = watch.wait();
-            return Err(e);
+            return Err(e.into());
         }
         let seen = match worker_url {
             Some(url) => poll_worker(url, want, t0),

@@ -8,11 +8,11 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, warn};
 
+use super::super::ctx::Ctx;
 use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
 use super::super::store::{Checkpoint, CollectionEntry};
 use super::super::tuning::Tuning;
-use super::super::Ctx;
 
 /// Catalog entries recorded per batched write.
 const CATALOG_RECORD_BATCH: usize = 256;

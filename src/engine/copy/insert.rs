@@ -12,8 +12,8 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::error::ErrorKind;
 use mongodb::ClientSession;
 
+use super::super::ctx::Ctx;
 use super::super::error::{classify_mongo, EngineError, ErrorClass, MongoContext, Result, Side};
-use super::super::Ctx;
 
 /// How a batch went into the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::catalog;
+use super::ctx::Ctx;
 use super::error::{EngineError, MongoContext, Result, Side};
 use super::filter::NamespaceFilter;
 use super::store::{Checkpoint, CollectionEntry, PartitionEntry};
 use super::tuning::Tuning;
-use super::Ctx;
 
 /// Whether the copy ran to its end or was stopped (pause, finalize, shutdown).
 #[derive(Debug, PartialEq, Eq)]
@@ -149,6 +149,7 @@ pub async fn run(
         stop,
     };
     let mut first_err: Option<EngineError> = None;
+    let mut failed_at: Option<std::time::Instant> = None;
     let mut completed = true;
     {
         let mut copies = futures::stream::iter(pending)
@@ -164,6 +165,7 @@ pub async fn run(
                     if first_err.is_none() {
                         warn!(error = %e, "copy failed; stopping every copy task");
                         pools.stop.cancel();
+                        failed_at = Some(std::time::Instant::now());
                         first_err = Some(e);
                     }
                     completed = false;
@@ -176,6 +178,12 @@ pub async fn run(
         let _ = w.await;
     }
     if let Some(e) = first_err {
+        if let Some(t) = failed_at {
+            info!(
+                stopped_after_ms = t.elapsed().as_millis() as u64,
+                "every copy task stopped after the failure"
+            );
+        }
         return Err(e);
     }
     if !completed || cancel.is_cancelled() {
@@ -226,6 +234,10 @@ async fn copy_collection(
             .await?;
     }
     let skipped = parts.iter().filter(|p| p.done).count();
+    if c.recopy_ts.is_some() {
+        // A copy anew resumed after a restart (the initial copy counts its own at start).
+        ctx.metrics.copy_partitions_skipped.inc_by(skipped as u64);
+    }
     let todo: Vec<PartitionEntry> = parts.into_iter().filter(|p| !p.done).collect();
     info!(partitions = todo.len(), skipped, "copying");
     let mut parts = futures::stream::iter(todo)
@@ -245,15 +257,22 @@ async fn copy_collection(
         })
         .buffer_unordered(tuning.read_workers);
     let mut complete = true;
+    let mut failed = None;
     while let Some(r) = parts.next().await {
         match r {
             Ok(done) => complete &= done,
             Err(e) => {
-                // Stop the other partitions now; the error is the collection's.
+                // Stop the other partitions now (they end within a batch: every write in
+                // flight is let finish, none is cut off); the error is the collection's.
                 pools.stop.cancel();
-                return Err(e);
+                complete = false;
+                failed.get_or_insert(e);
             }
         }
+    }
+    drop(parts);
+    if let Some(e) = failed {
+        return Err(e);
     }
     if !complete || pools.stop.is_cancelled() {
         return Ok(false);

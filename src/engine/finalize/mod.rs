@@ -13,12 +13,12 @@ use tracing::{info, warn};
 pub mod verify;
 
 use super::catalog;
+use super::ctx::Ctx;
 use super::error::{mongo_code, EngineError, Result, Side};
 use super::filter::NamespaceFilter;
 use super::optime;
 use super::store::fence::Fence;
 use super::store::{Checkpoint, IndexEntry};
-use super::Ctx;
 use crate::api::{FinalizationReport, IndexFailure, State, VerifyMode};
 
 pub fn started_report(cutoff: Timestamp, blocked: bool) -> FinalizationReport {

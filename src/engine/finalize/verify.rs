@@ -12,9 +12,9 @@ use mongodb::Client;
 use tokio::sync::Mutex;
 
 use super::super::catalog;
+use super::super::ctx::Ctx;
 use super::super::error::{MongoContext, Result, Side};
 use super::super::filter::NamespaceFilter;
-use super::super::Ctx;
 use crate::api::{Mismatch, MismatchKind, VerificationReport, VerifyMode};
 
 /// At most this many mismatches are listed; all are counted.

@@ -8,8 +8,8 @@ use futures::FutureExt;
 use mongodb::ClientSession;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
+use super::super::ctx::Ctx;
 use super::super::error::{EngineError, Result};
-use super::super::Ctx;
 use super::translate::WriteOp;
 use super::write::{Op, Plan};
 
@@ -93,54 +93,43 @@ async fn flush(ctx: &Ctx, buf: &mut Vec<Op>, capped: &mut Vec<Op>) -> Result<u64
         return Ok(0);
     }
     let started = Instant::now();
-    let mut n = 0;
-    let fence = ctx.store.fence();
-    let mut plan = Plan::new(std::mem::take(buf));
-    if !plan.is_empty() {
-        n += plan.ops;
-        loop {
-            let r = fence
-                .txn_or_abort("applying changes", |mut s: ClientSession| {
-                    let plan = &plan;
-                    async move {
-                        let r = plan.run(ctx, &mut s).await;
-                        (s, r)
-                    }
-                    .boxed()
-                })
-                .await?;
-            match r {
-                Ok(()) => break,
-                Err(refused) => plan.refetch(refused),
-            }
-        }
-    }
-    let mut plan = Plan::new(std::mem::take(capped));
-    if !plan.is_empty() {
-        n += plan.ops;
-        loop {
-            let r = fence
-                .beside(
-                    "applying changes to a capped collection",
-                    |mut s: ClientSession| {
-                        let plan = &plan;
-                        async move {
-                            let r = plan.run(ctx, &mut s).await;
-                            (s, r)
-                        }
-                        .boxed()
-                    },
-                )
-                .await?;
-            match r {
-                Ok(()) => break,
-                Err(refused) => plan.refetch(refused),
-            }
-        }
-    }
+    let n = write(ctx, std::mem::take(buf), false).await?
+        + write(ctx, std::mem::take(capped), true).await?;
     ctx.metrics
         .flush_duration
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics.flush_ops.observe(n as f64);
     Ok(n)
+}
+
+/// Write operations as one fenced batch: a transaction, or for capped collections (which
+/// take no transactional writes) beside a fence check. A statement the target refuses is
+/// turned into a re-read of the source's document and the batch runs again.
+async fn write(ctx: &Ctx, ops: Vec<Op>, capped: bool) -> Result<u64> {
+    let mut plan = Plan::new(ops);
+    if plan.is_empty() {
+        return Ok(0);
+    }
+    let fence = ctx.store.fence();
+    loop {
+        let body = |mut s: ClientSession| {
+            let plan = &plan;
+            async move {
+                let r = plan.run(ctx, &mut s).await;
+                (s, r)
+            }
+            .boxed()
+        };
+        let r = if capped {
+            fence
+                .beside("applying changes to a capped collection", body)
+                .await?
+        } else {
+            fence.txn_or_abort("applying changes", body).await?
+        };
+        match r {
+            Ok(()) => return Ok(plan.ops),
+            Err(refused) => plan.refetch(refused),
+        }
+    }
 }

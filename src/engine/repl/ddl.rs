@@ -7,10 +7,10 @@ use mongodb::Client;
 use tracing::info;
 
 use super::super::catalog;
+use super::super::ctx::Ctx;
 use super::super::error::{mongo_code, EngineError, Result, Side};
 use super::super::filter::NamespaceFilter;
 use super::super::store::{CollectionEntry, Store};
-use super::super::Ctx;
 use super::translate::event_ns;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::ctx::Ctx;
 use super::error::{classify_mongo, mongo_code, EngineError, ErrorClass, Result, Side};
 use super::filter::NamespaceFilter;
 use super::optime;
 use super::store::Checkpoint;
 use super::tuning::Tuning;
-use super::Ctx;
 use applier::Msg;
 use router::{Routed, Router};
 

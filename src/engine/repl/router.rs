@@ -14,9 +14,9 @@ use mongodb::bson::{Document, Timestamp};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
+use super::super::ctx::Ctx;
 use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
-use super::super::Ctx;
 use super::applier::Msg;
 use super::ddl::{self, DdlDecision, DdlOp};
 use super::translate::{self, Translated};

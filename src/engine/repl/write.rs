@@ -13,9 +13,9 @@ use mongodb::bson::{doc, rawdoc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::ClientSession;
 use tracing::debug;
 
+use super::super::ctx::Ctx;
 use super::super::error::{EngineError, MongoContext, Result, Side};
 use super::super::reply;
-use super::super::Ctx;
 use super::translate::{self, WriteOp};
 
 /// A statement larger than this is written on its own with the driver's helpers.

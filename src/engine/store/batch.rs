@@ -48,21 +48,37 @@ pub async fn upsert_many(
     }
     for stmts in chunks {
         let cmd = rawdoc! {"update": coll, "updates": stmts, "ordered": false};
-        fence
-            .txn(what, |mut s: ClientSession| {
-                let cmd = cmd.clone();
-                async move {
-                    let r = db
-                        .run_raw_command(cmd)
+        write(fence, db, vec![cmd], what).await?;
+    }
+    Ok(())
+}
+
+/// Run write commands on `db` as one fenced transaction; every statement must succeed.
+pub async fn write(
+    fence: &Fence,
+    db: &Database,
+    cmds: Vec<RawDocumentBuf>,
+    what: &str,
+) -> Result<()> {
+    fence
+        .txn(what, |mut s: ClientSession| {
+            let cmds = &cmds;
+            async move {
+                let mut r = Ok(());
+                for cmd in cmds {
+                    r = db
+                        .run_raw_command(cmd.clone())
                         .session(&mut s)
                         .await
                         .map_err(|e| txn_error(e, what))
                         .and_then(|reply| reply::require_all(&reply, what));
-                    (s, r)
+                    if r.is_err() {
+                        break;
+                    }
                 }
-                .boxed()
-            })
-            .await?;
-    }
-    Ok(())
+                (s, r)
+            }
+            .boxed()
+        })
+        .await
 }

@@ -40,6 +40,8 @@ use super::lease::{Identity, Lease, LEASE_RENEW, LEASE_TTL, WRITE_WINDOW};
 /// Fence slots: at most this many fenced transactions run at once.
 pub const SLOTS: usize = 64;
 const FENCE_COLL: &str = "fence";
+/// A fenced commit this recent proves the epoch for a command outside a transaction.
+const PROOF_REUSE: Duration = Duration::from_secs(1);
 /// How long a takeover tries to raise the fence past the old holder's open transactions.
 const RAISE_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -77,6 +79,9 @@ struct Inner {
     free: Semaphore,
     committed: AtomicU64,
     refused: AtomicU64,
+    /// When (monotonic ns since `origin`) a fenced transaction last committed: it proved the
+    /// epoch then.
+    proven_ns: AtomicU64,
 }
 
 /// The fence of one worker process. Cheap to clone.
@@ -108,6 +113,7 @@ impl Fence {
                 free: Semaphore::new(0),
                 committed: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                proven_ns: AtomicU64::new(0),
             }),
         }
     }
@@ -472,24 +478,17 @@ impl Fence {
         what: &str,
         body: impl FnOnce(ClientSession) -> Body<'a, T>,
     ) -> Result<T> {
+        self.prove(what).await?;
         let mut slot = self.take_slot().await?;
-        let proved = self
-            .run_in_slot(&mut slot, what, &mut |s| {
-                async move { (s, Ok(Ok::<(), std::convert::Infallible>(()))) }.boxed()
-            })
-            .await;
-        let r = match proved {
+        let r = match self.guard().await {
             Err(e) => Err(e),
-            Ok(_) => match self.guard().await {
-                Err(e) => Err(e),
-                Ok(()) => match slot.session.take() {
-                    None => Err(EngineError::NotHolding),
-                    Some(session) => {
-                        let (session, r) = body(session).await;
-                        slot.session = Some(session);
-                        r
-                    }
-                },
+            Ok(()) => match slot.session.take() {
+                None => Err(EngineError::NotHolding),
+                Some(session) => {
+                    let (session, r) = body(session).await;
+                    slot.session = Some(session);
+                    r
+                }
             },
         };
         self.put_slot(slot).await;
@@ -576,11 +575,13 @@ impl Fence {
                 slot.session = Some(s);
                 continue;
             }
+            let began = self.now_ns();
             let committed = commit(&mut s).await;
             slot.session = Some(s);
             match committed {
                 Ok(()) => {
                     self.inner.committed.fetch_add(1, Ordering::Relaxed);
+                    self.inner.proven_ns.fetch_max(began, Ordering::SeqCst);
                     return Ok(Ok(out));
                 }
                 Err(e) if transient_txn(&e) && attempt < 20 => {
@@ -628,10 +629,22 @@ impl Fence {
         what: &str,
         f: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        self.txn(what, |s| async move { (s, Ok(())) }.boxed())
-            .await?;
+        self.prove(what).await?;
         self.guard().await?;
         f.await
+    }
+
+    /// Prove the epoch with a fenced no-op transaction, unless a fenced transaction committed
+    /// within the last `PROOF_REUSE` (busy replication commits all the time).
+    async fn prove(&self, what: &str) -> Result<()> {
+        let recent = self
+            .now_ns()
+            .saturating_sub(self.inner.proven_ns.load(Ordering::SeqCst))
+            < PROOF_REUSE.as_nanos() as u64;
+        if self.transactional() && recent {
+            return Ok(());
+        }
+        self.txn(what, |s| async move { (s, Ok(())) }.boxed()).await
     }
 
     /// Give the job up (clean shutdown): the renewal must be stopped first. Afterwards no

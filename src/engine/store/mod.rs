@@ -10,19 +10,27 @@ pub mod fence;
 pub mod lease;
 pub mod records;
 
-use futures::{FutureExt, TryStreamExt};
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, rawdoc, Bson, DateTime, Document};
 use mongodb::options::ReplaceOptions;
-use mongodb::{Client, ClientSession, Collection, Database};
+use mongodb::{Client, Collection, Database};
 
 use super::error::{EngineError, MongoContext, Result, Side};
 use super::filter::META_DB;
 use batch::{encode, upsert_many};
-use fence::{txn_error, Fence};
+use fence::Fence;
 pub use lease::Identity;
 pub use records::{Checkpoint, CollectionEntry, IndexEntry, PartitionEntry};
 
 const JOB_ID: &str = "job";
+
+/// A command as BSON bytes.
+fn raw(cmd: Document, what: &str) -> Result<mongodb::bson::RawDocumentBuf> {
+    mongodb::bson::RawDocumentBuf::from_document(&cmd).map_err(|e| EngineError::Encode {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -179,54 +187,17 @@ impl Store {
 
     /// Forget a catalog entry and its partitions (a collection dropped or renamed away).
     pub async fn forget_collection(&self, ns: &str) -> Result<()> {
-        let (colls, parts, ixs) = (self.collections(), self.partitions(), self.indexes());
-        let what = "saving the catalog";
-        self.fence
-            .txn(what, |mut s: ClientSession| {
-                let (colls, parts, ixs) = (&colls, &parts, &ixs);
-                async move {
-                    let r = async {
-                        colls
-                            .delete_one(doc! {"_id": ns})
-                            .session(&mut s)
-                            .await
-                            .map_err(|e| txn_error(e, what))?;
-                        parts
-                            .delete_many(doc! {"ns": ns})
-                            .session(&mut s)
-                            .await
-                            .map_err(|e| txn_error(e, what))?;
-                        ixs.delete_many(doc! {"ns": ns})
-                            .session(&mut s)
-                            .await
-                            .map_err(|e| txn_error(e, what))?;
-                        Ok(())
-                    }
-                    .await;
-                    (s, r)
-                }
-                .boxed()
-            })
-            .await
+        let cmds = vec![
+            rawdoc! {"delete": "collections", "deletes": [{"q": {"_id": ns}, "limit": 1}]},
+            rawdoc! {"delete": "partitions", "deletes": [{"q": {"ns": ns}, "limit": 0}]},
+            rawdoc! {"delete": "indexes", "deletes": [{"q": {"ns": ns}, "limit": 0}]},
+        ];
+        batch::write(&self.fence, &self.db, cmds, "saving the catalog").await
     }
 
     async fn update_one(&self, coll: &str, q: Document, u: Document, what: &str) -> Result<()> {
-        let c = self.db.collection::<Document>(coll);
-        self.fence
-            .txn(what, |mut s: ClientSession| {
-                let (c, q, u) = (&c, q.clone(), u.clone());
-                async move {
-                    let r = c
-                        .update_one(q, u)
-                        .session(&mut s)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| txn_error(e, what));
-                    (s, r)
-                }
-                .boxed()
-            })
-            .await
+        let cmd = raw(doc! {"update": coll, "updates": [{"q": q, "u": u}]}, what)?;
+        batch::write(&self.fence, &self.db, vec![cmd], what).await
     }
 
     pub async fn save_partitions(&self, parts: &[PartitionEntry]) -> Result<()> {
@@ -340,23 +311,12 @@ impl Store {
     }
 
     pub async fn delete_indexes(&self, filter: Document) -> Result<()> {
-        let c = self.indexes();
         let what = "saving index definitions";
-        self.fence
-            .txn(what, |mut s: ClientSession| {
-                let (c, filter) = (&c, filter.clone());
-                async move {
-                    let r = c
-                        .delete_many(filter)
-                        .session(&mut s)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| txn_error(e, what));
-                    (s, r)
-                }
-                .boxed()
-            })
-            .await
+        let cmd = raw(
+            doc! {"delete": "indexes", "deletes": [{"q": filter, "limit": 0}]},
+            what,
+        )?;
+        batch::write(&self.fence, &self.db, vec![cmd], what).await
     }
 
     pub async fn all_indexes(&self) -> Result<Vec<IndexEntry>> {
