@@ -34,7 +34,7 @@ pub async fn build(
         let mut c = cp.lock().await;
         if c.start_ts.is_none() {
             // Replication starts here: taken before listing, so nothing is missed.
-            let (ts, token) = super::super::repl::stream_position(&ctx.source).await?;
+            let (ts, token) = super::super::conn::stream_position(&ctx.source).await?;
             c.start_ts = Some(ts);
             c.start_token = token;
             ctx.store.save(&mut c).await?;
