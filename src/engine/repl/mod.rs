@@ -6,6 +6,7 @@ pub mod applier;
 pub mod ddl;
 pub mod router;
 pub mod translate;
+pub mod txn;
 pub mod write;
 
 use std::collections::HashSet;
@@ -106,24 +107,33 @@ pub async fn replicate(
         .with_type::<RawDocumentBuf>();
     info!(from = %optime::ts_string(resume_ts), by_token, workers = tuning.repl_workers, "replicating");
 
+    let workers = tuning.repl_workers.max(1);
+    let progress = applier::Progress::new(workers);
+    let limits = applier::Limits {
+        ops: tuning.bulk_ops,
+        // Each applier writes once it holds its share of the queue budget, so the router never
+        // waits for budget that only a flush would return.
+        kib: (router::QUEUE_BUDGET_KIB as usize / (2 * workers)).max(1024),
+    };
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for id in 0..tuning.repl_workers {
+    for id in 0..workers {
         let (tx, rx) = mpsc::channel::<Msg>(4096);
         senders.push(tx);
-        let ctx = ctx.clone();
-        let bulk = tuning.bulk_ops;
         handles.push(tokio::spawn(
-            applier::run(ctx, id, rx, bulk).instrument(info_span!("applier", id)),
+            applier::run(ctx.clone(), id, rx, limits, progress.clone())
+                .instrument(info_span!("applier", id)),
         ));
     }
-    let mut router = Router::new(ctx.clone(), senders, filter, capped, copy_finish);
+    let mut router = Router::new(ctx.clone(), senders, filter, capped, copy_finish, progress);
     let mut last_marker = Instant::now();
     let mut last_save = Instant::now();
     let mut dispatched_ts = resume_ts;
-    let mut marked_ts = resume_ts;
-    let mut marked_token: Option<Document> = None;
-    let mut past_cutoff = false;
+    // The stream position after the last unit dispatched (an event outside transactions, a
+    // whole transaction, or an empty batch): where a marker may be placed.
+    let mut position: (Timestamp, Option<Document>) = (resume_ts, None);
+    let mut marked: (Timestamp, Option<Document>) = (resume_ts, None);
+    let mut group: Option<txn::Group> = None;
     let mut outcome = ReplOutcome::Stopped;
     let result: Result<()> = async {
         loop {
@@ -138,6 +148,7 @@ pub async fn replicate(
                 .map_err(|e| stream_error(e, resume_ts))?;
             let mut idle = false;
             let mut token_ts = None;
+            let mut routed = Routed::Done;
             match next {
                 Some(raw) => {
                     let size = raw.as_bytes().len();
@@ -145,49 +156,105 @@ pub async fn replicate(
                         .to_document()
                         .map_err(|e| EngineError::BadEvent(e.to_string()))?;
                     let ts = ev.get_timestamp("clusterTime").unwrap_or(dispatched_ts);
-                    if cutoff.is_some_and(|c| ts > c) {
+                    let tid = txn::txn_id(&ev);
+                    let same_txn = tid.is_some() && group.as_ref().map(|g| &g.id) == tid.as_ref();
+                    if cutoff.is_some_and(|c| ts > c) && !same_txn {
+                        // Past the cutoff: a transaction the cutoff fell into is finished.
+                        if let Some(g) = group.take() {
+                            routed =
+                                close(&mut router, g, &mut position, &mut dispatched_ts).await?;
+                        }
                         outcome = ReplOutcome::ReachedCutoff;
-                        // The stream's position is this event's, which is not applied.
-                        past_cutoff = true;
+                        if routed == Routed::NeedsCopy {
+                            outcome = ReplOutcome::NeedsCopy;
+                        }
                         break;
                     }
                     ctx.metrics.events_read.inc();
                     ctx.live.events_read.fetch_add(1, Ordering::Relaxed);
-                    let routed = router.dispatch(&ev, size).await?;
-                    dispatched_ts = dispatched_ts.max(ts);
-                    if routed == Routed::NeedsCopy {
-                        // Everything up to the DDL is applied (its barrier drained the
-                        // appliers); the copy runs, then replication resumes from here.
-                        outcome = ReplOutcome::NeedsCopy;
-                        marked_ts = dispatched_ts;
-                        break;
+                    if !same_txn {
+                        if let Some(g) = group.take() {
+                            routed =
+                                close(&mut router, g, &mut position, &mut dispatched_ts).await?;
+                        }
+                    }
+                    if routed == Routed::Done {
+                        routed = match tid {
+                            Some(id) => {
+                                let g = group.get_or_insert_with(|| txn::Group::new(id));
+                                if g.split {
+                                    // Too large for one target transaction: as it comes.
+                                    let token = ev.get_document("_id").ok().cloned();
+                                    let r = router.dispatch(&ev, size).await?;
+                                    dispatched_ts = dispatched_ts.max(ts);
+                                    position = (dispatched_ts, token);
+                                    r
+                                } else if g.push(ev, size, ts) {
+                                    g.split = true;
+                                    split_txn(ctx, cp, g).await;
+                                    let events = std::mem::take(&mut g.events);
+                                    let mut r = Routed::Done;
+                                    for (ev, size) in &events {
+                                        if router.dispatch(ev, *size).await? == Routed::NeedsCopy {
+                                            r = Routed::NeedsCopy;
+                                        }
+                                    }
+                                    dispatched_ts = dispatched_ts.max(g.ts);
+                                    position = (dispatched_ts, g.token.clone());
+                                    r
+                                } else {
+                                    Routed::Done
+                                }
+                            }
+                            None => {
+                                let token = ev.get_document("_id").ok().cloned();
+                                let r = router.dispatch(&ev, size).await?;
+                                dispatched_ts = dispatched_ts.max(ts);
+                                position = (dispatched_ts, token);
+                                r
+                            }
+                        };
                     }
                 }
                 None => {
                     idle = true;
-                    // An empty batch: everything before the post-batch resume token was seen.
-                    let tok = stream
-                        .resume_token()
-                        .and_then(|t| mongodb::bson::to_bson(&t).ok())
-                        .and_then(|b| optime::token_timestamp(&b));
-                    if let Some(t) = tok {
-                        // The token's time may hold events not yet returned; stay just below it.
-                        let below = Timestamp {
-                            time: t.time,
-                            increment: t.increment.saturating_sub(1),
-                        };
-                        dispatched_ts = dispatched_ts.max(below);
-                        token_ts = Some(t);
+                    // Nothing more to return: an open transaction is complete.
+                    if let Some(g) = group.take() {
+                        routed = close(&mut router, g, &mut position, &mut dispatched_ts).await?;
+                    }
+                    if routed == Routed::Done {
+                        // An empty batch: everything before the post-batch resume token was
+                        // seen.
+                        let tok = stream
+                            .resume_token()
+                            .and_then(|t| mongodb::bson::to_bson(&t).ok())
+                            .and_then(|b| optime::token_timestamp(&b));
+                        if let Some(t) = tok {
+                            // The token's time may hold events not yet returned; stay just
+                            // below it.
+                            let below = Timestamp {
+                                time: t.time,
+                                increment: t.increment.saturating_sub(1),
+                            };
+                            dispatched_ts = dispatched_ts.max(below);
+                            token_ts = Some(t);
+                        }
+                        let token = stream.resume_token().as_ref().and_then(token_doc);
+                        if token.is_some() {
+                            position = (dispatched_ts, token);
+                        }
                     }
                 }
             }
-            if idle || last_marker.elapsed() >= MARKER_INTERVAL {
-                let token = stream.resume_token().as_ref().and_then(token_doc);
-                if dispatched_ts > marked_ts || (token.is_some() && token != marked_token) {
-                    router.mark(dispatched_ts, token.clone()).await?;
-                    marked_ts = dispatched_ts;
-                    marked_token = token;
-                }
+            if routed == Routed::NeedsCopy {
+                // Everything up to the DDL is applied (its barrier drained the appliers); the
+                // copy runs, then replication resumes from here.
+                outcome = ReplOutcome::NeedsCopy;
+                break;
+            }
+            if (idle || last_marker.elapsed() >= MARKER_INTERVAL) && position != marked {
+                router.mark(position.0, position.1.clone()).await?;
+                marked = position.clone();
                 last_marker = Instant::now();
             }
             router.settle(false).await?;
@@ -219,14 +286,10 @@ pub async fn replicate(
                 last_save = Instant::now();
             }
         }
-        // Drain: flush everything dispatched and wait for it.
-        let token = if past_cutoff {
-            None
-        } else {
-            stream.resume_token().as_ref().and_then(token_doc)
-        };
-        if dispatched_ts > marked_ts || (token.is_some() && token != marked_token) {
-            router.mark(dispatched_ts, token).await?;
+        // Drain: flush everything dispatched and wait for it. A transaction still being
+        // gathered is not applied: it is read again on resume.
+        if position != marked {
+            router.mark(position.0, position.1.clone()).await?;
         }
         router.settle(true).await
     }
@@ -238,6 +301,48 @@ pub async fn replicate(
     result?;
     save_progress(ctx, cp).await?;
     Ok(outcome)
+}
+
+/// Dispatch a complete transaction; the position moves past it.
+async fn close(
+    router: &mut Router,
+    g: txn::Group,
+    position: &mut (Timestamp, Option<Document>),
+    dispatched_ts: &mut Timestamp,
+) -> Result<Routed> {
+    let r = if g.split {
+        Routed::Done
+    } else {
+        router.dispatch_txn(&g.events).await?
+    };
+    *dispatched_ts = (*dispatched_ts).max(g.ts);
+    *position = (*dispatched_ts, g.token);
+    Ok(r)
+}
+
+/// A transaction too large for one target transaction: applied operation by operation,
+/// counted, logged and reported in the status.
+async fn split_txn(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>, g: &txn::Group) {
+    ctx.metrics.txns_split.inc();
+    let n = ctx.metrics.txns_split.get();
+    warn!(
+        operations_so_far = g.events.len(),
+        bytes_so_far = g.bytes,
+        at = %optime::ts_string(g.ts),
+        "a source transaction exceeds one target transaction ({} operations or {} MiB): applying it operation by operation, not atomically",
+        txn::MAX_TXN_OPS,
+        txn::MAX_TXN_BYTES >> 20
+    );
+    let prefix = "source transactions applied operation by operation";
+    let line = format!(
+        "{prefix} (larger than {} operations or {} MiB; a reader of the target may see part of them): {n}, the latest at {}",
+        txn::MAX_TXN_OPS,
+        txn::MAX_TXN_BYTES >> 20,
+        optime::ts_string(g.ts)
+    );
+    let mut c = cp.lock().await;
+    c.warnings.retain(|w| !w.starts_with(prefix));
+    c.warnings.push(line);
 }
 
 async fn save_progress(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>) -> Result<()> {
