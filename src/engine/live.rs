@@ -34,6 +34,9 @@ pub struct Live {
     pub cloned_bytes: AtomicU64,
     pub cloned_docs: AtomicU64,
     pub collections_completed: AtomicU64,
+    /// The transactions-applied count when the records of applied transactions were last
+    /// pruned.
+    pub txns_forgotten: AtomicU64,
     /// When this process started copying, and the bytes already copied then (for the ETA).
     copy_start: Mutex<Option<(Instant, u64)>>,
     text: Mutex<Text>,

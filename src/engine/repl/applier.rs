@@ -52,6 +52,8 @@ pub struct Txn {
     /// Barriers of the other appliers holding earlier writes to these documents: written
     /// before this transaction commits.
     pub after: Vec<oneshot::Receiver<Result<()>>>,
+    /// Its record (`store::TxnMarker`), written with it.
+    pub marker: mongodb::bson::RawDocumentBuf,
     pub _permit: OwnedSemaphorePermit,
 }
 
@@ -82,8 +84,10 @@ struct Buffer {
     permits: Vec<OwnedSemaphorePermit>,
     kib: usize,
     waits: Vec<oneshot::Receiver<Result<()>>>,
-    /// Operations of each source transaction in the buffer (for the metrics).
+    /// Operations of each source transaction in the buffer (for the metrics), and their
+    /// records.
     txns: Vec<usize>,
+    markers: Vec<mongodb::bson::RawDocumentBuf>,
     /// The highest dispatch number received.
     seq: u64,
 }
@@ -116,6 +120,7 @@ pub async fn run(
         kib: 0,
         waits: Vec::new(),
         txns: Vec::new(),
+        markers: Vec::new(),
         seq: 0,
     };
     // The first failure: every later flush answers it, so the router stops.
@@ -154,6 +159,7 @@ pub async fn run(
                 }
                 let t = *t;
                 b.txns.push(t.ops.len());
+                b.markers.push(t.marker);
                 b.ops.extend(t.ops);
                 b.waits.extend(t.after);
                 b.kib += t._permit.num_permits();
@@ -229,8 +235,9 @@ async fn flush(
     }
     let started = Instant::now();
     let inserts = upserts_until.is_none_or(|u| Instant::now() >= u);
-    let (n, replayed) = write(ctx, std::mem::take(&mut b.ops), false, inserts).await?;
-    let (m, _) = write(ctx, std::mem::take(&mut b.capped), true, false).await?;
+    let markers = std::mem::take(&mut b.markers);
+    let (n, replayed) = write(ctx, std::mem::take(&mut b.ops), markers, false, inserts).await?;
+    let (m, _) = write(ctx, std::mem::take(&mut b.capped), Vec::new(), true, false).await?;
     if replayed {
         *upserts_until = Some(Instant::now() + REPLAY_UPSERTS);
     }
@@ -255,8 +262,15 @@ async fn flush(
 /// turned into a re-read of the source's document, an insert of a document it already holds
 /// into a replacement, and the batch runs again. Returns the operations written and whether
 /// an insert was refused (events replayed).
-async fn write(ctx: &Ctx, ops: Vec<Op>, capped: bool, inserts: bool) -> Result<(u64, bool)> {
+async fn write(
+    ctx: &Ctx,
+    ops: Vec<Op>,
+    markers: Vec<mongodb::bson::RawDocumentBuf>,
+    capped: bool,
+    inserts: bool,
+) -> Result<(u64, bool)> {
     let mut plan = Plan::new(ops, inserts);
+    plan.markers = markers;
     if plan.is_empty() {
         return Ok((0, false));
     }

@@ -125,7 +125,17 @@ pub async fn replicate(
                 .instrument(info_span!("applier", id)),
         ));
     }
-    let mut router = Router::new(ctx.clone(), senders, filter, capped, copy_finish, progress);
+    // What an earlier run applied past the checkpoint: not applied again.
+    let replayed = txn::Replayed::new(&ctx.store.txn_markers_since(resume_ts).await?);
+    let mut router = Router::new(
+        ctx.clone(),
+        senders,
+        filter,
+        capped,
+        copy_finish,
+        progress,
+        replayed,
+    );
     let mut last_marker = Instant::now();
     let mut last_save = Instant::now();
     let mut dispatched_ts = resume_ts;
@@ -313,7 +323,7 @@ async fn close(
     let r = if g.split {
         Routed::Done
     } else {
-        router.dispatch_txn(&g.events).await?
+        router.dispatch_txn(&g.id, g.ts, &g.events).await?
     };
     *dispatched_ts = (*dispatched_ts).max(g.ts);
     *position = (*dispatched_ts, g.token);
@@ -358,6 +368,14 @@ async fn save_progress(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>) -> Result<()> {
     c.events_applied = ctx.live.events_applied.load(Ordering::Relaxed) as i64;
     c.events_read = ctx.live.events_read.load(Ordering::Relaxed) as i64;
     ctx.store.save(&mut c).await?;
+    // Transactions before the checkpoint are never replayed: their records can go (when any
+    // were written since the last time).
+    let txns = ctx.metrics.txns_applied.get();
+    if let Some(ts) = c.resume_ts {
+        if txns != ctx.live.txns_forgotten.swap(txns, Ordering::Relaxed) {
+            ctx.store.forget_txn_markers(ts).await?;
+        }
+    }
     Ok(())
 }
 

@@ -30,7 +30,9 @@ use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
 use super::applier::{Msg, Progress, Txn};
 use super::ddl::{self, DdlDecision, DdlOp};
+use super::super::store::TxnMarker;
 use super::translate::{self, Translated, WriteOp};
+use super::txn;
 use super::write::Op;
 
 /// Bytes of events queued for appliers.
@@ -93,6 +95,8 @@ pub struct Router {
     seq: u64,
     owner: HashMap<u64, (usize, u64)>,
     progress: Arc<Progress>,
+    /// What an earlier run applied past the checkpoint (skipped when replayed).
+    replayed: txn::Replayed,
 }
 
 /// An operation ready to route.
@@ -111,6 +115,7 @@ impl Router {
         capped: HashSet<String>,
         copy_finish: Option<Timestamp>,
         progress: Arc<Progress>,
+        replayed: txn::Replayed,
     ) -> Self {
         Router {
             ctx,
@@ -123,6 +128,7 @@ impl Router {
             seq: 0,
             owner: HashMap::new(),
             progress,
+            replayed,
         }
     }
 
@@ -223,8 +229,20 @@ impl Router {
     /// Route the events of one source transaction (`events` with their sizes) so that it is
     /// written in one target transaction, in order with every other write to its documents.
     /// Its DDL, if any (a collection created in the transaction), is applied first.
-    pub async fn dispatch_txn(&mut self, events: &[(Document, usize)]) -> Result<Routed> {
+    pub async fn dispatch_txn(
+        &mut self,
+        id: &txn::TxnId,
+        ts: Timestamp,
+        events: &[(Document, usize)],
+    ) -> Result<Routed> {
         let mut routed = Routed::Done;
+        if self.replayed.txn_applied(id, ts) {
+            debug!("transaction skipped: an earlier run applied it");
+            return Ok(routed);
+        }
+        if !self.replayed.covers(ts) {
+            self.replayed = txn::Replayed::default();
+        }
         let mut ops: Vec<Routable> = Vec::with_capacity(events.len());
         let mut size = 0usize;
         for (ev, sz) in events {
@@ -264,12 +282,24 @@ impl Router {
         for r in &ops {
             self.owner.insert(r.key, (home, seq));
         }
+        let marker = TxnMarker {
+            id: id.marker_id(),
+            ts: Some(ts),
+            keys: ops.iter().map(|r| r.key as i64).collect(),
+        };
+        let marker = mongodb::bson::to_raw_document_buf(&marker).map_err(|e| {
+            EngineError::Encode {
+                what: "a transaction record".into(),
+                detail: e.to_string(),
+            }
+        })?;
         self.send(
             home,
             Msg::Txn(Box::new(Txn {
                 seq,
                 ops: ops.into_iter().map(|r| r.op).collect(),
                 after,
+                marker,
                 _permit: permit,
             })),
         )
@@ -291,6 +321,11 @@ impl Router {
         match translate::translate(ev) {
             Translated::Crud { .. } => {
                 if let Some(r) = self.crud(ev)? {
+                    let ts = ev.get_timestamp("clusterTime").ok();
+                    if ts.is_some_and(|t| self.replayed.behind(r.key, t)) {
+                        debug!("event skipped: a transaction applied by an earlier run is newer");
+                        return Ok(Routed::Done);
+                    }
                     self.send_op(r, size).await?;
                 }
             }

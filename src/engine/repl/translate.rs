@@ -227,18 +227,38 @@ pub fn has_dollar_keys(v: &Bson) -> bool {
 }
 
 /// A document's identity for routing: a hash of namespace and `_id` (BSON bytes: equal
-/// values of one type, equal keys).
+/// values of one type, equal keys). FNV-1a, so it is the same in every run and every build
+/// (it is saved with applied transactions, see `store::TxnMarker`).
 pub fn key_hash(db: &str, coll: &str, key: &Document) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    db.hash(&mut h);
-    coll.hash(&mut h);
+    let mut h = Fnv::default();
+    h.write(db.as_bytes());
+    h.write(&[0]);
+    h.write(coll.as_bytes());
+    h.write(&[0]);
     if let Some(id) = key.get("_id") {
         if let Ok(bytes) = mongodb::bson::to_vec(&doc! {"k": id}) {
-            bytes.hash(&mut h);
+            h.write(&bytes);
         }
     }
-    h.finish()
+    h.0
+}
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 /// The applier an event goes to: documents keep their order because all events of one
@@ -395,6 +415,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn keys_are_the_same_in_every_build() {
+        // Saved with applied transactions: must never change.
+        assert_eq!(key_hash("", "", &Document::new()), 0x0832_8807_b4eb_6fed);
+        assert_ne!(
+            key_hash("a", "bc", &doc! {"_id": 1}),
+            key_hash("ab", "c", &doc! {"_id": 1})
+        );
+        assert_ne!(
+            key_hash("a", "b", &doc! {"_id": 1}),
+            key_hash("a", "b", &doc! {"_id": 1_i64})
+        );
     }
 
     #[test]

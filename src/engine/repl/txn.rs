@@ -7,7 +7,11 @@
 //! of the same transaction, or when the stream has nothing more to return (a transaction is
 //! committed, and so visible, whole).
 
-use mongodb::bson::{Bson, Document, Timestamp};
+use std::collections::{HashMap, HashSet};
+
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+
+use super::super::store::TxnMarker;
 
 /// At most this many operations, and bytes of events, are applied as one target transaction;
 /// a larger source transaction is applied operation by operation (counted and reported).
@@ -70,6 +74,62 @@ impl Group {
     }
 }
 
+impl TxnId {
+    /// The `_id` of its record (`store::TxnMarker`).
+    pub fn marker_id(&self) -> Document {
+        doc! {"lsid": self.lsid.clone(), "n": self.txn_number}
+    }
+}
+
+/// What an earlier run applied past the checkpoint this run replays from: the transactions
+/// it recorded (`store::TxnMarker`). Replaying them again, or an older event of one of their
+/// documents, would show a reader a document from before a transaction whose other documents
+/// it already shows.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    txns: HashSet<Vec<u8>>,
+    /// Per document (routing key), the op time of the latest transaction applied to it.
+    keys: HashMap<u64, Timestamp>,
+    /// The op time of the latest: past it, nothing was applied.
+    until: Option<Timestamp>,
+}
+
+impl Replayed {
+    pub fn new(markers: &[TxnMarker]) -> Replayed {
+        let mut r = Replayed::default();
+        for m in markers {
+            let Some(ts) = m.ts else { continue };
+            r.txns.insert(id_bytes(&m.id));
+            for k in &m.keys {
+                let e = r.keys.entry(*k as u64).or_insert(ts);
+                *e = (*e).max(ts);
+            }
+            r.until = Some(r.until.map_or(ts, |u| u.max(ts)));
+        }
+        r
+    }
+
+    /// Whether events at `ts` may have been applied already.
+    pub fn covers(&self, ts: Timestamp) -> bool {
+        self.until.is_some_and(|u| ts <= u)
+    }
+
+    /// Whether the transaction `id` (its events up to `ts`) was applied already.
+    pub fn txn_applied(&self, id: &TxnId, ts: Timestamp) -> bool {
+        self.covers(ts) && self.txns.contains(&id_bytes(&id.marker_id()))
+    }
+
+    /// Whether an event at `ts` of the document `key` is older than a transaction already
+    /// applied to it (so the document must not go back to it).
+    pub fn behind(&self, key: u64, ts: Timestamp) -> bool {
+        self.covers(ts) && self.keys.get(&key).is_some_and(|t| *t > ts)
+    }
+}
+
+fn id_bytes(d: &Document) -> Vec<u8> {
+    mongodb::bson::to_vec(d).unwrap_or_default()
+}
+
 /// Whether a transaction of `ops` operations and `bytes` of events is too large for one
 /// target transaction.
 pub fn too_large(ops: usize, bytes: usize) -> bool {
@@ -104,6 +164,30 @@ mod tests {
         let mut lone = ev(None);
         lone.insert("txnNumber", 5_i64);
         assert_eq!(txn_id(&lone), None);
+    }
+
+    #[test]
+    fn a_replay_skips_what_was_applied_and_never_goes_back() {
+        let t = |i| Timestamp {
+            time: 10,
+            increment: i,
+        };
+        let a = txn_id(&ev(Some(1))).expect("id");
+        let b = txn_id(&ev(Some(2))).expect("id");
+        let r = Replayed::new(&[TxnMarker {
+            id: a.marker_id(),
+            ts: Some(t(5)),
+            keys: vec![7, 8],
+        }]);
+        assert!(r.txn_applied(&a, t(5)));
+        assert!(!r.txn_applied(&b, t(5)));
+        // Document 7 was written at 5: an older event of it is skipped, a newer one not.
+        assert!(r.behind(7, t(4)));
+        assert!(!r.behind(7, t(6)));
+        assert!(!r.behind(9, t(1)));
+        // Past the last applied transaction, nothing was applied.
+        assert!(!r.covers(t(6)));
+        assert!(!Replayed::default().covers(t(0)));
     }
 
     #[test]

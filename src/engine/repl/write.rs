@@ -15,7 +15,9 @@ use tracing::debug;
 
 use super::super::ctx::Ctx;
 use super::super::error::{EngineError, MongoContext, Result, Side};
+use super::super::filter::META_DB;
 use super::super::reply;
+use super::super::store::TXN_MARKERS;
 use super::translate::{self, WriteOp};
 
 /// A statement larger than this is written on its own with the driver's helpers.
@@ -76,6 +78,9 @@ pub struct Plan {
     rounds: Vec<Vec<NsWrites>>,
     refusals: usize,
     pub ops: u64,
+    /// Records of the source transactions in the plan (`store::TxnMarker`), written in the
+    /// same target transaction.
+    pub markers: Vec<RawDocumentBuf>,
 }
 
 /// Split operations into rounds in which every document appears at most once, keeping each
@@ -217,6 +222,7 @@ impl Plan {
             rounds,
             refusals: 0,
             ops: n,
+            markers: Vec::new(),
         }
     }
 
@@ -284,6 +290,25 @@ impl Plan {
                     return Ok(Err(r));
                 }
             }
+        }
+        if !self.markers.is_empty() {
+            let what = "recording applied transactions";
+            let mut stmts = RawArrayBuf::new();
+            for m in &self.markers {
+                let id = m.get("_id").ok().flatten().map(|v| v.to_raw_bson());
+                if let Some(id) = id {
+                    stmts.push(rawdoc! {"q": {"_id": id}, "u": m.clone(), "upsert": true});
+                }
+            }
+            let cmd = rawdoc! {"update": TXN_MARKERS, "updates": stmts, "ordered": true};
+            let reply = ctx
+                .target
+                .database(META_DB)
+                .run_raw_command(cmd)
+                .session(&mut *s)
+                .await
+                .map_err(|e| EngineError::mongo(Side::Target, what, e))?;
+            reply::require_all(&reply, what)?;
         }
         Ok(Ok(()))
     }

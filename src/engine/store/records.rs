@@ -110,3 +110,23 @@ pub struct IndexEntry {
     pub name: String,
     pub spec: Document,
 }
+
+/// Where the records of applied source transactions are kept.
+pub const TXN_MARKERS: &str = "txns";
+
+/// A source transaction applied, recorded in the same target transaction as its writes:
+/// a restarted worker that replays events from its checkpoint skips the transactions already
+/// applied, and the events of documents such a transaction wrote later, so that no reader of
+/// the target sees a document go back to before a transaction its other documents show.
+/// Records before the checkpoint are forgotten.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TxnMarker {
+    /// `{lsid, n}`: the session and transaction number.
+    #[serde(rename = "_id")]
+    pub id: Document,
+    /// Op time of its last event.
+    pub ts: Option<Timestamp>,
+    /// Routing keys (`repl::translate::key_hash`) of the documents it wrote.
+    pub keys: Vec<i64>,
+}
