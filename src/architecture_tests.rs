@@ -17,18 +17,9 @@ const TOP: &[(&str, &[&str])] = &[
     ("cli", &["api", "operator"]),
     ("operator", &["api"]),
     ("demo", &["api", "cli"]),
-    ("podpath", &[]),
     (
         "worker",
-        &[
-            "api",
-            "cli",
-            "engine",
-            "preflight",
-            "server",
-            "telemetry",
-            "podpath",
-        ],
+        &["api", "cli", "engine", "preflight", "server", "telemetry"],
     ),
 ];
 

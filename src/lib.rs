@@ -6,7 +6,6 @@ pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod operator;
-pub mod podpath;
 pub mod preflight;
 pub mod server;
 pub mod telemetry;

@@ -27,7 +27,7 @@ pub enum WorkerError {
 }
 
 pub fn read_secret(path: &Path, what: &'static str) -> Result<String, WorkerError> {
-    std::fs::read_to_string(crate::podpath::resolve(path))
+    std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|e| WorkerError::File {
             what,
@@ -48,7 +48,7 @@ pub fn endpoints(a: &EndpointArgs) -> Result<(Endpoint, Endpoint), WorkerError> 
         tls_ca_file: a
             .source_tls_ca_file
             .as_ref()
-            .map(|p| crate::podpath::resolve(p).display().to_string()),
+            .map(|p| p.display().to_string()),
     };
     let dst = Endpoint {
         uri: a.target.clone(),
@@ -57,7 +57,7 @@ pub fn endpoints(a: &EndpointArgs) -> Result<(Endpoint, Endpoint), WorkerError> 
         tls_ca_file: a
             .target_tls_ca_file
             .as_ref()
-            .map(|p| crate::podpath::resolve(p).display().to_string()),
+            .map(|p| p.display().to_string()),
     };
     if src.uri == dst.uri {
         return Err(WorkerError::Config(
@@ -84,8 +84,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let source = src.client(Side::Source, "mongoferry-worker").await?;
     let target = dst.client(Side::Target, "mongoferry-worker").await?;
     let metrics = Arc::new(Metrics::new());
-    let me = Identity::new(Some(args.job_id.clone()), args.job_name.clone());
-    info!(job = %me.job_id, name = %me.job_name, incarnation = %me.incarnation, "worker identity");
+    let me = Identity::new(Some(args.job_id.clone()), args.job_name.clone())
+        .with_ttl(std::time::Duration::from_secs(args.lease_ttl));
+    info!(job = %me.job_id, name = %me.job_name, incarnation = %me.incarnation,
+          lease_ttl_s = me.ttl.as_secs(), "worker identity");
     let gate = Arc::new(crate::preflight::Gate {
         source: source.clone(),
         target: target.clone(),

@@ -28,8 +28,8 @@ func serve(args []string) error {
 	port := fs.Int("port", 0, "apiserver port on 127.0.0.1 (0 = a free one)")
 	nodeName := fs.String("node-name", "mongoferry-test-node", "name of the node played by the pod runner")
 	images := podrunner.ImageMap{}
-	fs.Var(images, "image", "REPO=/host/binary: run containers of images whose repository is or ends with /REPO with this binary (repeatable)")
-	passEnv := fs.String("pass-env", "RUST_BACKTRACE,RUST_LOG,LLVM_PROFILE_FILE", "host variables passed to every container")
+	fs.Var(images, "image", "REPO=/path/image.oci.tar: images whose repository is or ends with /REPO come from this OCI archive (repeatable)")
+	passEnv := fs.String("pass-env", "RUST_BACKTRACE,RUST_LOG", "host variables passed to every container")
 	controllers := fs.String("controllers", strings.Join(cluster.DefaultControllers, ","), "kube-controller-manager controllers to run")
 	noPods := fs.Bool("no-pod-runner", false, "do not run the pod runner")
 	klog.InitFlags(fs) // -v=N and friends

@@ -8,9 +8,10 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CPSH="$HERE/../scripts/controlplane.sh"
 export CONTROLPLANE_STATE_DIR=${CONTROLPLANE_STATE_DIR:-$(mktemp -d /tmp/mongoferry-cp-test.XXXXXX)}
-# Test-only image: "mongoferry/testbox" runs /bin/sh (the pod's command[0]
-# names the binary in the image; sh -c '...' follows).
-export CONTROLPLANE_IMAGES="mongoferry/testbox=/bin/sh"
+# Test-only image "mongoferry/testbox": busybox and kubectl, user root
+# (e2e/scripts/build-testbox.sh, cached).
+TESTBOX=$("$HERE/../scripts/build-testbox.sh") || { echo "0 passed, 1 failed"; exit 1; }
+export CONTROLPLANE_IMAGES="mongoferry/testbox=$TESTBOX"
 export KUBECONFIG="$CONTROLPLANE_STATE_DIR/kubeconfig"
 WORK=$(mktemp -d /tmp/mongoferry-cp-work.XXXXXX)
 PASSED=0; FAILED=0
@@ -195,9 +196,12 @@ spec:
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
     volumeMounts:
     - {name: conf, mountPath: /etc/conf}
+    - {name: scratch, mountPath: /scratch}
   volumes:
   - name: conf
     configMap: {name: conf}
+  - name: scratch
+    emptyDir: {}
 YAML
 }
 
@@ -208,7 +212,7 @@ t_pod_exit() {
   kubectl -n t-pods create secret generic creds --from-literal=password=s3cret
   kubectl -n t-pods create configmap conf --from-literal=setting=on
   local first
-  first=$(pod_yaml exit3 Never 'sleep 1; echo "G=$GREETING D=$DERIVED S=$SECRET IP=$POD_IP NS=$MY_NS"; echo "mounts=$POD_RUNNER_MOUNTS"; cat "$(echo "$POD_RUNNER_MOUNTS" | tr : "\\n" | sed -n "s#^/etc/conf=##p")/setting"; echo; exit 3' \
+  first=$(pod_yaml exit3 Never 'sleep 1; echo "G=$GREETING D=$DERIVED S=$SECRET IP=$POD_IP NS=$MY_NS"; cat /etc/conf/setting; echo; exit 3' \
     | kubectl -n t-pods create -f - -o jsonpath='{.status.phase}')
   [[ "$first" == Pending ]] || fail "initial phase $first"
   kubectl -n t-pods wait --for=jsonpath='{.status.phase}'=Running pod/exit3 --timeout=30s
@@ -233,24 +237,24 @@ t_pod_restart() {
   [[ "$(phase crashy)" == Running ]] || fail "phase $(phase crashy)"
   kubectl -n t-pods get pod crashy -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}' | grep -qx 1
   kubectl -n t-pods logs crashy --previous | grep -q '^run at'
-  pod_yaml onfail OnFailure 'if [ -e "$HOME/second" ]; then echo second; exit 0; fi; touch "$HOME/second"; exit 7' \
+  pod_yaml onfail OnFailure 'if [ -e /scratch/second ]; then echo second; exit 0; fi; touch /scratch/second; exit 7' \
     | kubectl -n t-pods create -f -
   kubectl -n t-pods wait --for=jsonpath='{.status.phase}'=Succeeded pod/onfail --timeout=30s
   kubectl -n t-pods get pod onfail -o jsonpath='{.status.containerStatuses[0].restartCount}' | grep -qx 1
 }
 
 t_pod_same_port() {
-  local py; py=$(python3 -c 'import sys; print(sys.executable)')
   for n in web1 web2; do
     kubectl -n t-pods apply -f - <<YAML
 apiVersion: v1
 kind: Pod
 metadata: {name: $n}
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - name: web
     image: mongoferry/testbox:dev
-    command: [sh, -c, 'echo "i am \$(MY_NAME)" > index.html; exec $py -m http.server 8080 --bind "\$POD_IP"']
+    command: [sh, -c, 'mkdir -p /www && echo "i am \$(MY_NAME)" > /www/index.html; exec httpd -f -p "\$POD_IP:8080" -h /www']
     env:
     - name: POD_IP
       valueFrom: {fieldRef: {fieldPath: status.podIP}}
@@ -319,6 +323,7 @@ metadata:
   name: owned
   ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: pod-owner, uid: "$uid"}]
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - {name: main, image: mongoferry/testbox, command: [sh, -c, 'sleep 300']}
 YAML
@@ -327,10 +332,128 @@ YAML
   until_true 20 bash -c '! kubectl -n t-pods get pod owned'
 }
 
+t_pod_security() {
+  # The image's root filesystem, the user, a read-only root and dropped
+  # capabilities are enforced by runc; Secrets are mounted at their
+  # mountPath, group-readable through fsGroup.
+  kubectl -n t-pods create secret generic token --from-literal=token=t0k3n
+  kubectl -n t-pods apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: locked}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532}
+  containers:
+  - name: main
+    image: mongoferry/testbox
+    command: [sh, -c]
+    args:
+    - |
+      echo "id=$(id -u):$(id -g) groups=$(id -G)"
+      echo "hostname=$(hostname)"
+      if touch /probe 2>/dev/null; then echo "root writable"; else echo "root read-only"; fi
+      echo "cap=$(grep CapBnd /proc/self/status | tr -d '\t')"
+      echo "token=$(cat /etc/token/token)"
+      ls /usr/lib/google-cloud-sdk >/dev/null 2>&1 && echo "host filesystem visible" || echo "image filesystem"
+      touch /tmp-vol/ok && echo "emptyDir writable"
+    securityContext:
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+    volumeMounts:
+    - {name: token, mountPath: /etc/token, readOnly: true}
+    - {name: tmp, mountPath: /tmp-vol}
+  volumes:
+  - name: token
+    secret: {secretName: token, defaultMode: 0400}
+  - name: tmp
+    emptyDir: {}
+YAML
+  kubectl -n t-pods wait --for=jsonpath='{.status.phase}'=Succeeded pod/locked --timeout=30s
+  local log; log=$(kubectl -n t-pods logs locked); echo "$log"
+  grep -q '^id=65532:65532 groups=65532' <<<"$log" || fail "user"
+  grep -q '^hostname=locked$' <<<"$log" || fail "hostname"
+  grep -q '^root read-only$' <<<"$log" || fail "readOnlyRootFilesystem not enforced"
+  grep -q '^cap=CapBnd:0000000000000000$' <<<"$log" || fail "capabilities not dropped"
+  grep -q '^token=t0k3n$' <<<"$log" || fail "secret (0400 + fsGroup) not readable at its mountPath"
+  grep -q '^image filesystem$' <<<"$log" || fail "root filesystem is not the image's"
+  grep -q '^emptyDir writable$' <<<"$log" || fail "emptyDir"
+}
+
+t_pod_run_as_non_root() {
+  # testbox's image user is root: runAsNonRoot refuses it as the kubelet does.
+  kubectl -n t-pods apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: rootimage}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: main, image: mongoferry/testbox, command: [sh, -c, 'echo should not run']}
+YAML
+  until_true 20 bash -c '[[ $(kubectl -n t-pods get pod rootimage -o jsonpath="{.status.containerStatuses[0].state.waiting.reason}") == CreateContainerConfigError ]]'
+  kubectl -n t-pods get pod rootimage -o jsonpath='{.status.containerStatuses[0].state.waiting.message}' | tee /dev/stderr | grep -q 'runAsNonRoot and image will run as root'
+  [[ "$(phase rootimage)" == Pending ]] || fail "phase $(phase rootimage)"
+  kubectl -n t-pods delete pod rootimage --timeout=20s
+}
+
+t_pod_oom() {
+  # A container over its memory limit (cgroup v1 memory controller) is
+  # OOMKilled and restarted.
+  kubectl -n t-pods apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: hungry}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: mongoferry/testbox
+    command: [sh, -c, 'echo start; x=$(head -c 100000000 /dev/zero | tr "\0" a); echo "survived ${#x}"; sleep 300']
+    resources: {limits: {memory: 32Mi}}
+YAML
+  until_true 40 bash -c '(( $(kubectl -n t-pods get pod hungry -o jsonpath="{.status.containerStatuses[0].restartCount}") >= 1 ))'
+  kubectl -n t-pods get pod hungry -o jsonpath='{.status.containerStatuses[0].lastState.terminated}' | tee /dev/stderr | grep -q '"reason":"OOMKilled"'
+  kubectl -n t-pods get pod hungry -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}' | grep -qx 137
+  if kubectl -n t-pods logs hungry --previous | grep -q survived; then fail "the limit was not enforced"; fi
+  kubectl -n t-pods delete pod hungry --timeout=20s
+}
+
+t_pod_exec() {
+  kubectl -n t-pods apply -f - <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: mongoferry/testbox, command: [sh, -c, 'echo hi > /greeting; sleep 300']}
+YAML
+  kubectl -n t-pods wait --for=condition=Ready pod/shell --timeout=30s
+  until_true 10 kubectl -n t-pods exec shell -- cat /greeting
+  [[ "$(kubectl -n t-pods exec shell -- cat /greeting)" == hi ]] || fail "exec output"
+  [[ "$(echo piped | kubectl -n t-pods exec -i shell -- cat)" == piped ]] || fail "exec stdin"
+  local rc=0; kubectl -n t-pods exec shell -- sh -c 'exit 4' || rc=$?
+  [[ $rc == 4 ]] || fail "exec exit code $rc"
+  kubectl -n t-pods delete pod shell --timeout=20s
+}
+
+t_go_unit() {
+  # Unit tests of the pod runner's pure parts (image store, OCI spec,
+  # security context, env, volumes, addresses, logs) and gofmt.
+  cd "$HERE"
+  local unformatted; unformatted=$(gofmt -l .)
+  [[ -z "$unformatted" ]] || fail "gofmt: $unformatted"
+  nice -n 10 go test ./...
+}
+
+check "0 go test ./... (pod runner unit tests) and gofmt" t_go_unit
+
 echo "starting control plane in $CONTROLPLANE_STATE_DIR"
 start=$SECONDS
 if ! "$CPSH" up; then
-  echo "0 passed, 1 failed"; exit 1
+  echo "$PASSED passed, $((FAILED + 1)) failed"; exit 1
 fi
 echo "control plane up in $((SECONDS - start))s"
 
@@ -344,6 +467,10 @@ check "5c two pods on the same port, readiness, deletion" t_pod_same_port
 check "5d unknown image never runs" t_pod_unknown_image
 check "5e pod authenticates as its ServiceAccount" t_pod_serviceaccount
 check "5f owner deletion cascades to pods" t_gc_pods
+check "5g image root fs, user, read-only root, no capabilities, Secret at mountPath" t_pod_security
+check "5h runAsNonRoot refuses an image that runs as root" t_pod_run_as_non_root
+check "5i memory limit: OOMKilled and restarted" t_pod_oom
+check "5j kubectl exec: output, stdin, exit code" t_pod_exec
 
 pid=$(cat "$CONTROLPLANE_STATE_DIR/cpctl.pid" 2>/dev/null || true)
 [[ -n "$pid" ]] && awk '/VmRSS|VmHWM/ {printf "control plane %s %d MiB\n", $1, $2/1024}' "/proc/$pid/status"

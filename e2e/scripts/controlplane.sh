@@ -11,9 +11,12 @@
 #
 # Environment:
 #   CONTROLPLANE_STATE_DIR  state directory (default e2e/controlplane/.state)
-#   MONGOFERRY_BIN          project binary for the image "mongoferry"
+#   MONGOFERRY_IMAGE        OCI archive of the image "mongoferry" (any registry/tag)
+#                           (default: build-image.sh packs MONGOFERRY_BIN into
+#                           target/image/mongoferry-dev.oci.tar, cached)
+#   MONGOFERRY_BIN          binary packed when MONGOFERRY_IMAGE is unset
 #                           (default target/debug/mongoferry)
-#   CONTROLPLANE_IMAGES     extra image mappings "repo=/path repo2=/path2"
+#   CONTROLPLANE_IMAGES     extra images "repo=/path/a.oci.tar repo2=/path/b.oci.tar"
 #   CONTROLPLANE_PORT       apiserver port (default: a free one)
 #   CONTROLPLANE_FRESH=1    wipe the state directory before `up`
 #   CONTROLPLANE_TIMEOUT    seconds to wait for readiness (default 180)
@@ -64,9 +67,15 @@ up() {
     echo "control plane already running (pid $(cat "$PIDFILE"))"; print_env; return 0
   fi
   build
+  "$ROOT/e2e/scripts/install-container-tools.sh"
+  local image=${MONGOFERRY_IMAGE:-}
+  if [[ -z "$image" && -x "$MONGOFERRY_BIN" ]]; then
+    image=$("$ROOT/e2e/scripts/build-image.sh" --quiet --binary "$MONGOFERRY_BIN" | tail -n 2 | head -n 1)
+  fi
   [[ "${CONTROLPLANE_FRESH:-0}" == 1 ]] && rm -rf "$STATE_DIR"
   mkdir -p "$STATE_DIR"
-  local args=(serve --state-dir "$STATE_DIR" --image "mongoferry=$MONGOFERRY_BIN")
+  local args=(serve --state-dir "$STATE_DIR")
+  [[ -n "$image" ]] && args+=(--image "mongoferry=$image")
   for m in ${CONTROLPLANE_IMAGES:-}; do args+=(--image "$m"); done
   [[ -n "${CONTROLPLANE_PORT:-}" ]] && args+=(--port "$CONTROLPLANE_PORT")
   rm -f "$STATE_DIR/ready"
@@ -96,13 +105,27 @@ down() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
-  # Containers run in process groups of their own; their pid files remain
-  # only if cpctl could not stop them.
+  # Containers left behind only if cpctl could not stop them: kill their init
+  # (the pid files runc wrote), delete them, unmount their root filesystems
+  # and remove their cgroups.
   shopt -s nullglob
   for f in "$STATE_DIR"/pods/*/*.pid; do
-    kill -KILL -- "-$(cat "$f")" 2>/dev/null || true
+    kill -KILL "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
+  if [[ -d "$STATE_DIR/runc" ]] && command -v runc >/dev/null; then
+    for id in $(runc --root "$STATE_DIR/runc" list -q 2>/dev/null); do
+      runc --root "$STATE_DIR/runc" delete --force "$id" >/dev/null 2>&1 || true
+    done
+  fi
+  awk -v d="$STATE_DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  if [[ -f "$STATE_DIR/cgroup-parent" ]]; then
+    local cg; cg=$(cat "$STATE_DIR/cgroup-parent")
+    [[ -n "$cg" ]] && for h in /sys/fs/cgroup/*/; do
+      [[ -d "$h${cg#/}" ]] && find "$h${cg#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+  fi
   rm -f "$PIDFILE" "$STATE_DIR/ready"
   echo "control plane stopped"
 }

@@ -29,9 +29,12 @@ fi
 command -v kubectl >/dev/null || { echo "kubectl is required"; exit 1; }
 echo "== installing helm (built from its Go module)"
 HELM="$(e2e/scripts/install-helm.sh | tail -n 1)"
+echo "== building the image (e2e/scripts/build-image.sh: this build, no Docker daemon)"
+IMAGE="$(e2e/scripts/build-image.sh --quiet --binary "$BIN" | tail -n 2 | paste -sd' ')"
+echo "   $IMAGE"
 echo "== starting the local Kubernetes control plane (kube-apiserver + etcd + pod runner)"
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/mongoferry-demo-cp.XXXXXX")"
-export CONTROLPLANE_STATE_DIR="$STATE" MONGOFERRY_BIN="$BIN"
+export CONTROLPLANE_STATE_DIR="$STATE" MONGOFERRY_BIN="$BIN" MONGOFERRY_IMAGE="${IMAGE%% *}"
 cleanup() {
     e2e/scripts/controlplane.sh down >/dev/null 2>&1 || true
     rm -rf "$STATE"
@@ -39,6 +42,6 @@ cleanup() {
 trap cleanup EXIT
 e2e/scripts/controlplane.sh up >/dev/null
 echo "   ready: KUBECONFIG=$STATE/kubeconfig"
-# The chart's default image (ghcr.io/mongoferry/mongoferry) is what the local pod runner
-# plays with this build of mongoferry.
+# The chart's default image (ghcr.io/mongoferry/mongoferry) is that OCI archive: the local
+# pod runner runs the operator and worker pods from it under runc.
 "$BIN" demo --kubeconfig "$STATE/kubeconfig" --helm "$HELM" --chart "$ROOT/charts/mongoferry" "$@"

@@ -33,15 +33,16 @@ pub struct ControlPlane {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl ControlPlane {
-    /// Starts a control plane whose pod runner runs `bin` for the image
-    /// `mongoferry` (any registry/tag). Blocks until the apiserver is ready,
-    /// the default ServiceAccount exists and the node is Ready.
+    /// Starts a control plane whose pod runner runs the image `mongoferry`
+    /// (any registry/tag) from the OCI archive `e2e/scripts/build-image.sh
+    /// --binary bin` makes (cached), under runc. Blocks until the apiserver is
+    /// ready, the default ServiceAccount exists and the node is Ready.
     pub fn start(bin: &Path) -> io::Result<Self> {
         Self::start_with_images(bin, &[])
     }
 
-    /// Like [`start`](Self::start), with extra `(repository, host binary)`
-    /// image mappings for the pod runner.
+    /// Like [`start`](Self::start), with extra `(repository, OCI archive)`
+    /// images for the pod runner.
     pub fn start_with_images(bin: &Path, images: &[(&str, &Path)]) -> io::Result<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let script = root.join("e2e/scripts/controlplane.sh").canonicalize()?;
@@ -155,9 +156,15 @@ mod tests {
     #[test]
     #[ignore]
     fn starts_runs_a_pod_and_stops() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Command::new(root.join("e2e/scripts/build-testbox.sh"))
+            .output()
+            .expect("build-testbox.sh");
+        assert!(out.status.success(), "{out:?}");
+        let testbox = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let cp = ControlPlane::start_with_images(
             Path::new("/nonexistent/mongoferry"),
-            &[("mongoferry/testbox", Path::new("/bin/sh"))],
+            &[("mongoferry/testbox", &testbox)],
         )
         .expect("start");
         let out = cp.kubectl(&["get", "--raw", "/readyz"]).unwrap();

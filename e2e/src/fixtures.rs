@@ -51,7 +51,9 @@ pub async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
     WorkerProcess::start(worker_opts(src.uri(), dst.uri())).await
 }
 
-/// Seeds `n` documents of `sizes` into `db.coll` (seed `seed_no`, batches of 500); the bytes.
+/// Seeds `n` documents of `sizes` into `db.coll` (seed `seed_no`, `batch_size` documents per
+/// `insert_many`); the bytes. The batch size changes the source's oplog and so the timing of
+/// what follows: each suite keeps the one its assertions were established with.
 pub async fn seed(
     c: &Client,
     db: &str,
@@ -59,11 +61,12 @@ pub async fn seed(
     n: u64,
     sizes: SizeDistribution,
     seed_no: u64,
+    batch_size: usize,
 ) -> u64 {
     let mut spec = SeedSpec::new(db, coll, n);
     spec.sizes = sizes;
     spec.seed = seed_no;
-    spec.batch_size = 500;
+    spec.batch_size = batch_size;
     seed_dataset(c, &spec).await.expect("seed").bytes
 }
 

@@ -1229,6 +1229,9 @@ impl Workload {
     }
 }
 
+/// Documents per `insert_many` of [`seed_dataset`] unless a [`SeedSpec`] says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
 /// The change-stream DDL event types (`showExpandedEvents`) a migration replicates: what
 /// DDL on the source produces, and the `operation` labels of the worker's
 /// `mongoferry_ddl_applied_total`.
@@ -1268,7 +1271,7 @@ impl SeedSpec {
             sizes: SizeDistribution::Realistic { max: 32 * 1024 },
             id_types: IdType::ALL.to_vec(),
             special_ids: true,
-            batch_size: 1000,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }

@@ -6,13 +6,17 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, compare, CompareOptions};
-use mongoferry_e2e::fixtures::{pair, seed, server, worker, PasswordFiles};
+use mongoferry_e2e::fixtures::{self, pair, server, worker, PasswordFiles};
 use mongoferry_e2e::servers::{ServerOptions, User};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
 use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig, DDL_EVENTS};
 use serde_json::json;
 
 const MIB: u64 = 1024 * 1024;
+
+async fn seed(c: &Client, db: &str, coll: &str, n: u64, sizes: SizeDistribution, s: u64) -> u64 {
+    fixtures::seed(c, db, coll, n, sizes, s, 500).await
+}
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())

@@ -4,13 +4,18 @@
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
+use mongodb::Client;
 use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::fixtures::{pair, seed, worker};
+use mongoferry_e2e::fixtures::{self, pair, worker};
 use mongoferry_e2e::worker::WorkerProcess;
-use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig};
+use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig, DEFAULT_BATCH_SIZE};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
+
+async fn seed(c: &Client, db: &str, coll: &str, n: u64, sizes: SizeDistribution, s: u64) -> u64 {
+    fixtures::seed(c, db, coll, n, sizes, s, DEFAULT_BATCH_SIZE).await
+}
 
 async fn finalize(w: &WorkerProcess, body: Value) -> Value {
     let a = w.post("/finalize", body).await;

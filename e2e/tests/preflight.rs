@@ -45,7 +45,7 @@ async fn server(users: Vec<User>, oplog_max_entries: Option<u64>) -> MongoServer
 }
 
 async fn seed(c: &Client, db: &str, coll: &str, n: u64, size: usize, s: u64) {
-    fixtures::seed(c, db, coll, n, SizeDistribution::Fixed(size), s).await;
+    fixtures::seed(c, db, coll, n, SizeDistribution::Fixed(size), s, 500).await;
 }
 
 async fn worker(src: &MongoServer, dst: &MongoServer, creds: &PasswordFiles) -> WorkerProcess {

@@ -259,6 +259,8 @@ async fn a_fatal_copy_error_stops_every_copy_task_within_a_second() {
 enum ResetPoint {
     Recorded,
     Dropping,
+    DroppingLate,
+    /// The end of the drops, or the first moment after (clearing the records is short).
     Clearing,
     Catalog,
     Copy,
@@ -288,7 +290,7 @@ async fn reset_progress(dst: &Client) -> (Document, u64, bool) {
     (job, left, records)
 }
 
-/// Reliability suite: SIGKILL at five points of a reset; the restarted worker completes it,
+/// Reliability suite: SIGKILL at six points of a reset; the restarted worker completes it,
 /// nothing is replicated onto missing data, and the target ends equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reliability suite: minutes"]
@@ -305,6 +307,7 @@ async fn a_reset_killed_at_any_step_is_completed() {
     for point in [
         ResetPoint::Recorded,
         ResetPoint::Dropping,
+        ResetPoint::DroppingLate,
         ResetPoint::Clearing,
         ResetPoint::Catalog,
         ResetPoint::Copy,
@@ -323,7 +326,8 @@ async fn a_reset_killed_at_any_step_is_completed() {
             let hit = match point {
                 ResetPoint::Recorded => resetting,
                 ResetPoint::Dropping => resetting && left < 250,
-                ResetPoint::Clearing => left == 0,
+                ResetPoint::DroppingLate => resetting && left < 60,
+                ResetPoint::Clearing => left == 0 || !resetting,
                 ResetPoint::Catalog => {
                     !resetting && !job.get_bool("catalogDone").unwrap_or(true) && records
                 }

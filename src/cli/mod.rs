@@ -223,6 +223,12 @@ pub struct WorkerArgs {
     /// the job id.
     #[arg(long, env = "MONGOFERRY_JOB_NAME")]
     pub job_name: Option<String>,
+    /// Seconds the job lease lasts without renewal (3–600). A successor of a worker that died
+    /// without releasing it (SIGKILL, a lost node) waits this long; a frozen worker stops
+    /// writing within half of it. Shorter: faster takeover, less tolerance of stalls.
+    #[arg(long, env = "MONGOFERRY_LEASE_TTL", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(3..=600))]
+    pub lease_ttl: u64,
 }
 
 #[derive(Args, Debug)]

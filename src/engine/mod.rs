@@ -270,10 +270,9 @@ impl Engine {
             return;
         };
         self.keep_lease();
-        let loaded = std::sync::Mutex::new(Some(loaded));
-        self.retrying("cannot load the job yet", || async {
-            let cp = loaded.lock().ok().and_then(|mut l| l.take());
-            self.load_job(cp, reset).await
+        // Each attempt starts from the job as taken (a reset is idempotent).
+        self.retrying("cannot load the job yet", || {
+            self.load_job(loaded.clone(), reset)
         })
         .await;
     }
@@ -362,12 +361,7 @@ impl Engine {
 
     /// With the job taken: finish an interrupted reset, restore the progress figures, and
     /// resume the pipeline if the job was running.
-    async fn load_job(&self, loaded: Option<Checkpoint>, reset: bool) -> Result<()> {
-        let mut loaded = match loaded {
-            Some(cp) => cp,
-            // A retry of this step: the job as saved.
-            None => self.inner.cp.lock().await.clone(),
-        };
+    async fn load_job(&self, mut loaded: Checkpoint, reset: bool) -> Result<()> {
         if reset {
             info!("--reset: forgetting the previous run");
             self.reset_to(&mut loaded, Checkpoint::default()).await?;

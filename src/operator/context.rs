@@ -35,6 +35,10 @@ pub struct Context {
     pub cache: Cache,
     /// Consecutive failed reconciliations per job, for the error backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// What the last Events announced, per job and topic (its state, its failure): a
+    /// reconcile that still reads the status as it was before its own last write (the watch
+    /// has not delivered it yet) does not announce the same thing twice.
+    announced: Mutex<HashMap<(String, &'static str), String>>,
 }
 
 impl std::ops::Deref for Context {
@@ -51,6 +55,27 @@ impl Context {
             shared,
             cache,
             failures: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records `what` as announced on `topic` for job `key`; false if it was the last thing
+    /// announced there.
+    pub fn announce(&self, key: &str, topic: &'static str, what: &str) -> bool {
+        self.announced
+            .lock()
+            .map(|mut m| {
+                m.insert((key.to_string(), topic), what.to_string())
+                    .as_deref()
+                    != Some(what)
+            })
+            .unwrap_or(true)
+    }
+
+    /// Forgets what was announced on `topic` for job `key` (None: every topic).
+    pub fn forget_announced(&self, key: &str, topic: Option<&'static str>) {
+        if let Ok(mut m) = self.announced.lock() {
+            m.retain(|(k, t), _| k != key || topic.is_some_and(|topic| *t != topic));
         }
     }
 

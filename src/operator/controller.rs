@@ -86,6 +86,7 @@ async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
             info!("worker stopped; finalizer removed");
             let ns = job.namespace().unwrap_or_default();
             ctx.metrics.forget_job(&ns, &job.name_any());
+            ctx.forget_announced(&key(job), None);
         }
         return Ok(Requeue::requeue(decision.requeue));
     }
@@ -143,7 +144,8 @@ async fn state_events(
 ) {
     let from = old.state.as_deref().unwrap_or("none");
     let to = new.state.as_deref().unwrap_or("pending");
-    if from != to {
+    let k = key(job);
+    if from != to && ctx.announce(&k, "state", to) {
         info!(from, to, "state changed");
         ctx.event(
             job,
@@ -153,8 +155,13 @@ async fn state_events(
         )
         .await;
     }
-    if let Some((reason, message)) = new_failure(old, new) {
-        ctx.event(job, true, &reason, message).await;
+    match new_failure(old, new) {
+        Some((reason, message)) if ctx.announce(&k, "failure", &format!("{reason}: {message}")) => {
+            ctx.event(job, true, &reason, message).await;
+        }
+        Some(_) => {}
+        None if !status::is_true(new, status::FAILED) => ctx.forget_announced(&k, Some("failure")),
+        None => {}
     }
 }
 
@@ -299,6 +306,14 @@ mod tests {
         );
         assert_eq!(cond(status::PROGRESSING).status, "False");
         assert_eq!(st.message.as_deref(), Some(refusal));
+        assert_eq!(
+            api.event_reasons(),
+            vec!["StateChanged", status::TARGET_IN_USE]
+        );
+
+        // A reconcile that still reads the job as it was before the status write (the watch
+        // has not delivered it yet) writes the status again but announces nothing twice.
+        reconcile_job(&job, &ctx).await.expect("reconcile");
         assert_eq!(
             api.event_reasons(),
             vec!["StateChanged", status::TARGET_IN_USE]

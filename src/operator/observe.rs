@@ -131,11 +131,23 @@ fn pod_obs(p: &Pod) -> PodObs {
             )
         })
         .map(|w| {
-            format!(
+            let mut msg = format!(
                 "worker pod: {}: {}",
                 w.reason.clone().unwrap_or_default(),
                 w.message.clone().unwrap_or_default()
-            )
+            );
+            // Why the last run ended (OOMKilled names the memory limit).
+            if let Some(t) = cs
+                .and_then(|c| c.last_state.as_ref())
+                .and_then(|l| l.terminated.as_ref())
+            {
+                msg.push_str(&format!(
+                    "; last run ended: {} (exit code {})",
+                    t.reason.as_deref().unwrap_or("unknown"),
+                    t.exit_code
+                ));
+            }
+            msg
         });
     PodObs {
         name: p.name_any(),
@@ -403,5 +415,27 @@ mod tests {
         assert_eq!(o.deleting_for, Duration::from_secs(30));
         assert_eq!(o.retry_annotation.as_deref(), Some("r2"));
         assert_eq!(o.reset_annotation.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_crash_looping_worker_names_its_last_termination() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "mig-worker"},
+            "status": {"podIP": "10.0.0.7", "containerStatuses": [{
+                "name": podspec::CONTAINER, "image": "mongoferry", "imageID": "", "ready": false,
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+            }]}
+        }))
+        .expect("pod");
+        let obs = pod_obs(&pod);
+        assert_eq!(obs.restarts, 3);
+        assert_eq!(
+            obs.problem.as_deref(),
+            Some(
+                "worker pod: CrashLoopBackOff: back-off 10s; last run ended: OOMKilled (exit code 137)"
+            )
+        );
     }
 }

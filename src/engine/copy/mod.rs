@@ -175,7 +175,9 @@ pub async fn run(
     }
     drop(pools);
     for w in workers {
-        let _ = w.await;
+        if let Err(e) = w.await {
+            warn!(error = %e, "an insert worker ended abnormally");
+        }
     }
     if let Some(e) = first_err {
         if let Some(t) = failed_at {

@@ -283,9 +283,12 @@ async fn restore_index(
             let relaxed = catalog::relax_index(&want);
             fence
                 .ddl(&what, async {
-                    let _ = d
+                    if let Err(e) = d
                         .run_command(doc! {"createIndexes": coll, "indexes": [relaxed]})
-                        .await;
+                        .await
+                    {
+                        warn!(error = %e, index = %e_name(&want), "cannot rebuild the relaxed index either");
+                    }
                     Ok(())
                 })
                 .await?;
@@ -297,6 +300,10 @@ async fn restore_index(
             }))
         }
     }
+}
+
+fn e_name(spec: &Document) -> &str {
+    spec.get_str("name").unwrap_or("?")
 }
 
 /// Change unique / TTL / hidden in place (unique via prepareUnique, then unique).

@@ -306,7 +306,9 @@ pub async fn replicate(
     .await;
     router.close();
     for h in handles {
-        let _ = h.await;
+        if let Err(e) = h.await {
+            warn!(error = %e, "an applier task ended abnormally");
+        }
     }
     result?;
     save_progress(ctx, cp).await?;

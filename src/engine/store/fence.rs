@@ -13,7 +13,7 @@
 //!    decides; the old holder's clock and scheduling play no part.
 //! 2. **Epoch compare-and-set** on the job document (checkpoint saves).
 //! 3. **A local write deadline** for what cannot run in a transaction (DDL, index builds and
-//!    drops, `collMod`): a batch may start only within `WRITE_WINDOW` of the last successful
+//!    drops, `collMod`): a batch may start only within the write window (`Identity::write_window`) of the last successful
 //!    lease renewal *sent*; past it the worker stops writing and re-validates the lease first.
 //!    Before each such command a fenced no-op transaction proves the epoch again. What remains:
 //!    such a command that passed both checks and was then delayed more than the rest of the
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::super::error::{mongo_code, EngineError, ErrorClass, MongoContext, Result, Side};
-use super::lease::{Identity, Lease, LEASE_RENEW, LEASE_TTL, WRITE_WINDOW};
+use super::lease::{Identity, Lease};
 
 /// Fence slots: at most this many fenced transactions run at once.
 pub const SLOTS: usize = 64;
@@ -152,7 +152,7 @@ impl Fence {
     }
 
     fn extend_deadline(&self, sent_ns: u64) {
-        let d = sent_ns + WRITE_WINDOW.as_nanos() as u64;
+        let d = sent_ns + self.identity().write_window().as_nanos() as u64;
         self.inner.deadline_ns.fetch_max(d, Ordering::SeqCst);
     }
 
@@ -314,11 +314,11 @@ impl Fence {
                 Ok(())
             }
             Err(e) if is_no_transactions(&e) => {
-                let _ = s.abort_transaction().await;
+                abort(s).await;
                 self.raise_without_transactions(cmd).await
             }
             Err(e) => {
-                let _ = s.abort_transaction().await;
+                abort(s).await;
                 if transient_txn(&e) {
                     return Err(EngineError::Retry(format!(
                         "raising the fence: {}",
@@ -342,7 +342,7 @@ impl Fence {
         super::super::reply::require_all(&reply, "raising the fence")
     }
 
-    /// Renew the lease every `LEASE_RENEW` (or at once when a writer is past its deadline)
+    /// Renew the lease every `Identity::renew_every` (or at once when a writer is past its deadline)
     /// until `stop`; on losing the lease, mark this process deposed and call `on_deposed`.
     pub fn spawn_renewal(
         &self,
@@ -352,7 +352,7 @@ impl Fence {
         let this = self.clone();
         tokio::spawn(async move {
             let mut on_deposed = Some(on_deposed);
-            let mut pause = LEASE_RENEW;
+            let mut pause = this.identity().renew_every();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -368,7 +368,7 @@ impl Fence {
                         this.extend_deadline(sent);
                         // Wake writers waiting on the deadline.
                         this.inner.standing.send_modify(|_| {});
-                        pause = LEASE_RENEW;
+                        pause = this.identity().renew_every();
                     }
                     Ok(false) => {
                         let e = EngineError::Fenced {
@@ -418,7 +418,7 @@ impl Fence {
                     }
                 }
             }
-            if began.elapsed() > LEASE_TTL {
+            if began.elapsed() > self.identity().ttl {
                 return Err(EngineError::Retry(
                     "cannot confirm the job lease with the target; writes wait until it is renewed"
                         .into(),
@@ -549,12 +549,12 @@ impl Fence {
             let out = match r {
                 Ok(Ok(out)) => out,
                 Ok(Err(refused)) => {
-                    let _ = s.abort_transaction().await;
+                    abort(&mut s).await;
                     slot.session = Some(s);
                     return Ok(Err(refused));
                 }
                 Err(e) => {
-                    let _ = s.abort_transaction().await;
+                    abort(&mut s).await;
                     slot.session = Some(s);
                     if matches!(e, EngineError::Fenced { .. }) {
                         self.inner.refused.fetch_add(1, Ordering::Relaxed);
@@ -571,7 +571,7 @@ impl Fence {
             // Frozen between the fence check and here? Then do not commit: the batch waits
             // for the lease to be confirmed and runs again.
             if self.now_ns() >= self.inner.deadline_ns.load(Ordering::SeqCst) {
-                let _ = s.abort_transaction().await;
+                abort(&mut s).await;
                 slot.session = Some(s);
                 continue;
             }
@@ -656,6 +656,14 @@ impl Fence {
             self.inner.lease.release().await?;
         }
         Ok(())
+    }
+}
+
+/// Abort a transaction that will not be committed. A failure only means the server already
+/// dropped it (killed, expired, or the connection is gone).
+async fn abort(s: &mut ClientSession) {
+    if let Err(e) = s.abort_transaction().await {
+        debug!(error = %e, "aborting a transaction the server no longer holds");
     }
 }
 

@@ -20,14 +20,13 @@ use mongodb::{Collection, Database};
 use super::super::error::{mongo_code, EngineError, MongoContext, Result, Side};
 
 pub const LEASE_ID: &str = "lease";
-/// A lease not renewed for this long (on the contender's own clock) is free.
+/// A lease not renewed for this long (on the contender's own clock) is free. The default;
+/// `--lease-ttl` sets it per worker, and the lease records it, so a contender always waits
+/// the holder's own TTL.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
-/// How often the holder renews.
-pub const LEASE_RENEW: Duration = Duration::from_secs(3);
-/// How long after sending a successful renewal the holder may still start a write batch:
-/// half the TTL, so a batch started at the last moment still has half a TTL to reach the
-/// server before any contender can take over.
-pub const WRITE_WINDOW: Duration = Duration::from_millis(LEASE_TTL.as_millis() as u64 / 2);
+/// The shortest TTL a worker accepts: below it, a busy machine's scheduling delays come close
+/// to the write window.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Who a worker is: the job it serves and this process's incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +39,8 @@ pub struct Identity {
     pub incarnation: String,
     /// Host and PID, for people reading the lease.
     pub host: String,
+    /// How long this worker's lease lasts unrenewed (`--lease-ttl`).
+    pub ttl: Duration,
 }
 
 /// The job id of a worker started without `--job-id`.
@@ -60,7 +61,26 @@ impl Identity {
             job_name,
             incarnation,
             host,
+            ttl: LEASE_TTL,
         }
+    }
+
+    /// The same worker with another lease TTL (at least `MIN_LEASE_TTL`).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(MIN_LEASE_TTL);
+        self
+    }
+
+    /// How often the holder renews: five times per TTL.
+    pub fn renew_every(&self) -> Duration {
+        self.ttl / 5
+    }
+
+    /// How long after sending a successful renewal the holder may still start a write batch:
+    /// half the TTL, so a batch started at the last moment still has half a TTL to reach the
+    /// server before any contender can take over.
+    pub fn write_window(&self) -> Duration {
+        self.ttl / 2
     }
 }
 
@@ -196,7 +216,7 @@ impl Lease {
             "job": {"id": &self.me.job_id, "name": &self.me.job_name},
             "holder": &self.me.incarnation,
             "holderHost": &self.me.host,
-            "ttlMs": LEASE_TTL.as_millis() as i64,
+            "ttlMs": self.me.ttl.as_millis() as i64,
             "released": false,
             "renewedAt": DateTime::now(),
         }
@@ -329,6 +349,7 @@ mod tests {
             job_name: format!("ns/{job}"),
             incarnation: "me".into(),
             host: "h pid 1".into(),
+            ttl: LEASE_TTL,
         }
     }
 

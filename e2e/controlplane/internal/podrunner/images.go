@@ -5,16 +5,16 @@ import (
 	"strings"
 )
 
-// ImageMap says which host binary plays which container image. The pod
-// runner has no container runtime: it only runs the project's own image(s)
-// as local processes and refuses everything else.
-type ImageMap map[string]string // repository suffix -> host binary
+// ImageMap says which locally built OCI archive (`oci-archive` tar, as
+// written by e2e/scripts/build-image.sh) holds which image. There is no
+// registry: every other image is refused as if never pulled.
+type ImageMap map[string]string // repository suffix -> OCI archive path
 
-// Set parses one `repo=path` mapping (flag.Value).
+// Set parses one `repo=/path/to/image.oci.tar` mapping (flag.Value).
 func (m ImageMap) Set(v string) error {
 	repo, path, ok := strings.Cut(v, "=")
 	if !ok || repo == "" || path == "" {
-		return fmt.Errorf("image mapping %q: want REPO=/host/binary", v)
+		return fmt.Errorf("image mapping %q: want REPO=/path/to/image.oci.tar", v)
 	}
 	m[repo] = path
 	return nil
@@ -29,9 +29,9 @@ func (m ImageMap) String() string {
 }
 
 // Type is for pflag compatibility.
-func (m ImageMap) Type() string { return "repo=path" }
+func (m ImageMap) Type() string { return "repo=archive" }
 
-// Resolve returns the host binary for an image reference. A mapping key
+// Resolve returns the archive for an image reference. A mapping key
 // matches when the image's repository (without tag or digest) equals it or
 // ends with "/"+key: key "mongoferry" matches "mongoferry:dev" and
 // "ghcr.io/mongoferry/mongoferry:0.1.0", but not "x/mongoferry-other".

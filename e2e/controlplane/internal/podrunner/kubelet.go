@@ -18,9 +18,10 @@ import (
 )
 
 // serveKubelet serves the part of the kubelet API the apiserver uses for
-// `kubectl logs`: GET /containerLogs/{namespace}/{pod}/{container}, over
-// HTTPS on 127.0.0.1:KubeletPort, for clients with a certificate of the
-// cluster CA (the apiserver's kubelet client certificate).
+// `kubectl logs` (GET /containerLogs/{namespace}/{pod}/{container}) and
+// `kubectl exec` (/exec/{namespace}/{pod}/{container}), over HTTPS on
+// 127.0.0.1:KubeletPort, for clients with a certificate of the cluster CA
+// (the apiserver's kubelet client certificate).
 func (r *Runner) serveKubelet(ctx context.Context) error {
 	cert, err := tls.LoadX509KeyPair(r.cfg.KubeletCert, r.cfg.KubeletKey)
 	if err != nil {
@@ -35,6 +36,8 @@ func (r *Runner) serveKubelet(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	mux.HandleFunc("GET /containerLogs/{ns}/{pod}/{container}", r.containerLogs)
+	mux.HandleFunc("/exec/{ns}/{pod}/{container}", r.execHandler)
+	mux.HandleFunc("/exec/{ns}/{pod}/{uid}/{container}", r.execHandler)
 	srv := &http.Server{
 		Handler:   mux,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert},

@@ -116,8 +116,8 @@ func (r *Runner) nodeStatus(old corev1.NodeStatus) corev1.NodeStatus {
 			OperatingSystem:         runtime.GOOS,
 			Architecture:            runtime.GOARCH,
 			KubeletVersion:          version.Get().GitVersion,
-			ContainerRuntimeVersion: "podrunner://0.1",
-			OSImage:                 "mongoferry pod runner (local processes)",
+			ContainerRuntimeVersion: "runc://" + runcVersion(r.runtime.bin),
+			OSImage:                 "mongoferry pod runner (runc, local OCI archives)",
 		},
 	}
 }

@@ -52,7 +52,8 @@ type ctr struct {
 	ready    bool
 	done     bool // terminated and will not be restarted
 	runs     int
-	bin      string // host binary ("" = image not known)
+	cid      string // runc id of the latest run
+	img      *image // nil until the image is known
 	proc     *process
 }
 
@@ -188,23 +189,35 @@ func (w *podWorker) setup() {
 	w.markDirty()
 }
 
-// imagesKnown maps every container's image to a host binary. A pod with
-// an unknown image never runs: its containers stay waiting, as on a node
-// with imagePullPolicy Never and no such image.
+// imagesKnown finds every container's image among the local OCI archives
+// and unpacks it. A pod with an unknown image never runs: its containers
+// stay waiting, as on a node with imagePullPolicy Never and no such image.
 func (w *podWorker) imagesKnown() bool {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	ctrs := append(append([]*ctr{}, w.init...), w.main...)
+	pod := w.pod
+	w.mu.Unlock()
 	ok := true
-	for _, c := range append(append([]*ctr{}, w.init...), w.main...) {
-		bin, known := w.r.cfg.Images.Resolve(c.spec.Image)
+	for _, c := range ctrs {
+		archive, known := w.r.cfg.Images.Resolve(c.spec.Image)
+		reason, msg := "ErrImageNeverPull", ""
 		if known {
-			c.bin = bin
-			continue
+			img, err := w.r.images.Get(archive)
+			if err == nil {
+				w.mu.Lock()
+				c.img = img
+				w.mu.Unlock()
+				continue
+			}
+			reason, msg = "ErrImagePull", fmt.Sprintf("Failed to load image %q from %s: %v", c.spec.Image, archive, err)
+		} else {
+			msg = fmt.Sprintf("Container image %q is not present with pull policy of Never: the mongoferry pod runner only runs the project's image(s) (%s)", c.spec.Image, w.r.cfg.Images)
 		}
 		ok = false
-		msg := fmt.Sprintf("Container image %q is not present with pull policy of Never: the mongoferry pod runner only runs the project's image(s) (%s)", c.spec.Image, w.r.cfg.Images)
-		c.state = waiting("ErrImageNeverPull", msg)
-		w.r.event(w.pod, corev1.EventTypeWarning, "ErrImageNeverPull", msg)
+		w.mu.Lock()
+		c.state = waiting(reason, msg)
+		w.mu.Unlock()
+		w.r.event(pod, corev1.EventTypeWarning, reason, msg)
 	}
 	w.markDirty()
 	return ok
@@ -351,13 +364,19 @@ func waiting(reason, msg string) corev1.ContainerState {
 }
 
 func terminated(c *ctr, p *process) corev1.ContainerState {
-	reason := "Completed"
-	if p.exit != 0 {
+	reason, msg := "Completed", ""
+	switch {
+	case p.oom:
+		reason = "OOMKilled"
+	case p.failed != "":
+		reason, msg = "StartError", p.failed
+	case p.exit != 0:
 		reason = "Error"
 	}
 	return corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 		ExitCode:    int32(p.exit),
 		Reason:      reason,
+		Message:     msg,
 		StartedAt:   metav1.NewTime(p.started),
 		FinishedAt:  metav1.NewTime(p.ended),
 		ContainerID: containerID(c),

@@ -1,11 +1,13 @@
 // Package podrunner plays the node of the test cluster: it registers a
 // Node, schedules (binds) pending pods onto it, and runs their containers
-// as local processes of the project's own binaries.
+// from locally built OCI images under runc.
 package podrunner
 
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -27,7 +29,7 @@ import (
 type Config struct {
 	NodeName    string
 	StateDir    string   // pod directories go to <StateDir>/pods
-	Images      ImageMap // image repository -> host binary
+	Images      ImageMap // image repository -> OCI archive
 	APIPort     int      // apiserver port on 127.0.0.1 (for pods' env)
 	CAFile      string   // cluster CA (for pods' kubeconfig)
 	KubeletPort int      // HTTPS port of the logs endpoint
@@ -44,7 +46,12 @@ type Runner struct {
 	schedRec record.EventRecorder // events from "default-scheduler"
 	addrs    *addrPool
 	lister   listersv1.PodLister
-	queue    workqueue.TypedRateLimitingInterface[string]
+	runtime  *runcRuntime
+	images   *imageStore
+	// memoryCgroups: memory limits can be enforced (else the error).
+	memoryCgroups   bool
+	memoryCgroupErr string
+	queue           workqueue.TypedRateLimitingInterface[string]
 
 	mu      sync.Mutex
 	workers map[string]*podWorker // by namespace/name
@@ -57,13 +64,34 @@ func New(cfg Config, client kubernetes.Interface) (*Runner, error) {
 		return nil, err
 	}
 	klog.InfoS("pod network", "cidr", fmt.Sprintf("127.%d.0.0/16", net))
-	return &Runner{
+	runc, err := findRunc()
+	if err != nil {
+		return nil, err
+	}
+	r := &Runner{
 		cfg:     cfg,
 		client:  client,
 		addrs:   newAddrPool(net),
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		workers: map[string]*podWorker{},
-	}, nil
+		runtime: &runcRuntime{
+			bin:      runc,
+			root:     filepath.Join(cfg.StateDir, "runc"),
+			cgParent: fmt.Sprintf("/mongoferry-podrunner-%d", net),
+		},
+		images: newImageStore(filepath.Join(cfg.StateDir, "images")),
+	}
+	// `controlplane.sh down` removes what a hard-killed runner left there.
+	_ = os.WriteFile(filepath.Join(cfg.StateDir, "cgroup-parent"), []byte(r.runtime.cgParent+"\n"), 0o644)
+	// Memory limits need a writable cgroup v1 memory hierarchy.
+	if err := probeMemoryCgroup(r.runtime.cgParent); err != nil {
+		r.memoryCgroupErr = err.Error()
+		klog.ErrorS(err, "memory limits will not be enforced")
+	} else {
+		r.memoryCgroups = true
+	}
+	klog.InfoS("container runtime", "runc", runc, "version", runcVersion(runc), "memoryLimits", r.memoryCgroups)
+	return r, nil
 }
 
 // Run registers the node, serves the kubelet endpoint and runs pods until
@@ -231,6 +259,7 @@ func (r *Runner) shutdown() {
 	for _, w := range ws {
 		<-w.finished
 	}
+	removeCgroupParent(r.runtime.cgParent)
 }
 
 func (r *Runner) event(pod *corev1.Pod, kind, reason, msg string) {

@@ -141,7 +141,7 @@ func containerStatus(c *ctr) corev1.ContainerStatus {
 		Ready:                c.ready,
 		RestartCount:         c.restarts,
 		Image:                c.spec.Image,
-		ImageID:              "podrunner://" + c.bin,
+		ImageID:              imageID(c),
 		Started:              &started,
 	}
 	if c.runs > 0 {
@@ -163,4 +163,12 @@ func condition(old corev1.PodStatus, t corev1.PodConditionType, ok bool) corev1.
 		}
 	}
 	return corev1.PodCondition{Type: t, Status: status, LastTransitionTime: now}
+}
+
+// imageID is the image's manifest digest, as a runtime reports it.
+func imageID(c *ctr) string {
+	if c.img == nil {
+		return ""
+	}
+	return repository(c.spec.Image) + "@" + c.img.Digest
 }

@@ -13,12 +13,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// volumeWriter materialises a pod's volumes as plain directories under
-// <podDir>/volumes/<name>/. There are no mount namespaces: the process is
-// told where each mountPath lives through POD_RUNNER_MOUNTS.
+// volumeWriter materialises a pod's volumes as directories under
+// <podDir>/volumes/<name>/; each container bind-mounts them at their
+// mountPath. With a pod fsGroup, files get that group and group read
+// access (read and write for emptyDir), as the kubelet does.
 type volumeWriter struct {
-	env  *envResolver // client, pod and downward-API values
-	root string       // <podDir>/volumes
+	env     *envResolver // client, pod and downward-API values
+	root    string       // <podDir>/volumes
+	fsGroup *int64
+}
+
+// volumeDir is a volume's host directory; Secret, ConfigMap, downward API
+// and projected volumes are always mounted read-only.
+type volumeDir struct {
+	path     string
+	readOnly bool
 }
 
 // file is one file of a volume, relative to the volume's directory.
@@ -30,20 +39,24 @@ type file struct {
 
 // WriteAll (re)writes every volume of the pod and returns the host
 // directory of each volume by name.
-func (w *volumeWriter) WriteAll(ctx context.Context) (map[string]string, error) {
-	dirs := map[string]string{}
+func (w *volumeWriter) WriteAll(ctx context.Context) (map[string]volumeDir, error) {
+	dirs := map[string]volumeDir{}
 	for _, v := range w.env.pod.Spec.Volumes {
 		if v.HostPath != nil {
-			dirs[v.Name] = v.HostPath.Path
+			dirs[v.Name] = volumeDir{path: v.HostPath.Path}
 			continue
 		}
 		dir := filepath.Join(w.root, v.Name)
-		dirs[v.Name] = dir
+		dirs[v.Name] = volumeDir{path: dir, readOnly: v.EmptyDir == nil}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
 		if v.EmptyDir != nil {
-			continue // keeps its content across container restarts
+			// Keeps its content across container restarts.
+			if err := w.setOwnership(dir, false); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		files, err := w.files(ctx, v)
 		if err != nil {
@@ -63,8 +76,44 @@ func (w *volumeWriter) WriteAll(ctx context.Context) (map[string]string, error) 
 				return nil, err
 			}
 		}
+		if err := w.setOwnership(dir, true); err != nil {
+			return nil, err
+		}
 	}
 	return dirs, nil
+}
+
+// setOwnership gives a volume's tree the pod's fsGroup: group ownership,
+// group read (and write unless readOnly) access, setgid directories.
+func (w *volumeWriter) setOwnership(dir string, readOnly bool) error {
+	if w.fsGroup == nil {
+		return nil
+	}
+	gid := int(*w.fsGroup)
+	return filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, -1, gid); err != nil {
+			return err
+		}
+		if info.Mode()&os.ModeSymlink != 0 {
+			return nil
+		}
+		return os.Chmod(p, fsGroupMode(info.Mode(), info.IsDir(), readOnly))
+	})
+}
+
+// fsGroupMode adds the fsGroup access bits to a file's mode.
+func fsGroupMode(mode os.FileMode, dir, readOnly bool) os.FileMode {
+	mask := os.FileMode(0o660)
+	if readOnly {
+		mask = 0o440
+	}
+	if dir {
+		mask |= os.ModeSetgid | 0o110
+	}
+	return mode | mask
 }
 
 func (w *volumeWriter) files(ctx context.Context, v corev1.Volume) ([]file, error) {
