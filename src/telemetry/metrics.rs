@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Source transactions applied operation by operation (too large for one target
     /// transaction): the documented exception to atomic transactions.
     pub txns_split: IntCounter,
+    /// Source transactions taken as complete after waiting (`repl::OPEN_TXN_WAIT`) without
+    /// proof from the change stream (SecantusDB's Rust server only).
+    pub txns_unproven: IntCounter,
     pub txn_ops: Histogram,
     /// Time an applier waited for other appliers before committing a transaction.
     pub txn_barrier: Histogram,
@@ -208,6 +211,11 @@ impl Metrics {
                 &r,
                 "transactions_split_total",
                 "Source transactions too large for one target transaction, applied operation by operation",
+            ),
+            txns_unproven: counter(
+                &r,
+                "transactions_unproven_total",
+                "Source transactions taken as complete after the wait, without proof from the change stream",
             ),
             txn_ops,
             txn_barrier,

@@ -18,8 +18,9 @@ use mongodb::bson::{doc, Document, RawDocumentBuf, Timestamp};
 use mongodb::Client;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::conn;
 use super::ctx::Ctx;
 use super::error::{classify_mongo, mongo_code, EngineError, ErrorClass, Result, Side};
 use super::filter::NamespaceFilter;
@@ -28,6 +29,7 @@ use super::store::Checkpoint;
 use super::tuning::Tuning;
 use applier::Msg;
 use router::{Routed, Router};
+use translate::Translated;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplOutcome {
@@ -139,11 +141,15 @@ pub async fn replicate(
     let mut last_marker = Instant::now();
     let mut last_save = Instant::now();
     let mut dispatched_ts = resume_ts;
-    // The stream position after the last unit dispatched (an event outside transactions, a
-    // whole transaction, or an empty batch): where a marker may be placed.
-    let mut position: (Timestamp, Option<Document>) = (resume_ts, None);
-    let mut marked: (Timestamp, Option<Document>) = (resume_ts, None);
-    let mut group: Option<txn::Group> = None;
+    // The stream position after the last event read (or an empty batch); where a marker may
+    // be placed is before the oldest transaction still being gathered (`open`).
+    let mut now: txn::Position = (resume_ts, None);
+    let mut marked: txn::Position = (resume_ts, None);
+    let mut open = txn::Open::default();
+    // Since when the stream returned nothing while transactions were open, and the op time
+    // of the last event read.
+    let mut quiet_since: Option<Instant> = None;
+    let mut last_read = resume_ts;
     let mut outcome = ReplOutcome::Stopped;
     let result: Result<()> = async {
         loop {
@@ -156,9 +162,12 @@ pub async fn replicate(
                 .next_if_any()
                 .await
                 .map_err(|e| stream_error(e, resume_ts))?;
+            if next.is_some() {
+                quiet_since = None;
+            }
             let mut idle = false;
             let mut token_ts = None;
-            let mut routed = Routed::Done;
+            let mut routed;
             match next {
                 Some(raw) => {
                     let size = raw.as_bytes().len();
@@ -166,14 +175,12 @@ pub async fn replicate(
                         .to_document()
                         .map_err(|e| EngineError::BadEvent(e.to_string()))?;
                     let ts = ev.get_timestamp("clusterTime").unwrap_or(dispatched_ts);
+                    last_read = last_read.max(ts);
                     let tid = txn::txn_id(&ev);
-                    let same_txn = tid.is_some() && group.as_ref().map(|g| &g.id) == tid.as_ref();
-                    if cutoff.is_some_and(|c| ts > c) && !same_txn {
-                        // Past the cutoff: a transaction the cutoff fell into is finished.
-                        if let Some(g) = group.take() {
-                            routed =
-                                close(&mut router, g, &mut position, &mut dispatched_ts).await?;
-                        }
+                    let in_open = tid.as_ref().is_some_and(|id| open.contains(id));
+                    if cutoff.is_some_and(|c| ts > c) && !in_open {
+                        // Past the cutoff: the transactions the cutoff fell into are finished.
+                        routed = close(&mut router, open.take_all()).await?;
                         outcome = ReplOutcome::ReachedCutoff;
                         if routed == Routed::NeedsCopy {
                             outcome = ReplOutcome::NeedsCopy;
@@ -182,23 +189,26 @@ pub async fn replicate(
                     }
                     ctx.metrics.events_read.inc();
                     ctx.live.events_read.fetch_add(1, Ordering::Relaxed);
-                    if !same_txn {
-                        if let Some(g) = group.take() {
-                            routed =
-                                close(&mut router, g, &mut position, &mut dispatched_ts).await?;
-                        }
+                    // The transactions this event proves complete go first.
+                    let barrier = tid.is_none() && translate::translate(&ev) == Translated::Ddl;
+                    if let Some(id) = &tid {
+                        open.observe(id, ts);
                     }
+                    let done =
+                        open.completed_by(tid.as_ref(), translate::event_key(&ev), ts, barrier);
+                    routed = close(&mut router, done).await?;
                     if routed == Routed::Done {
+                        // Read past this event (applied, or gathered with its transaction).
+                        let before = now.clone();
+                        let token = ev.get_document("_id").ok().cloned();
+                        dispatched_ts = dispatched_ts.max(ts);
+                        now = (dispatched_ts, token);
                         routed = match tid {
                             Some(id) => {
-                                let g = group.get_or_insert_with(|| txn::Group::new(id));
+                                let g = open.get_or_open(id, before.clone());
                                 if g.split {
                                     // Too large for one target transaction: as it comes.
-                                    let token = ev.get_document("_id").ok().cloned();
-                                    let r = router.dispatch(&ev, size).await?;
-                                    dispatched_ts = dispatched_ts.max(ts);
-                                    position = (dispatched_ts, token);
-                                    r
+                                    router.dispatch(&ev, size).await?
                                 } else if g.push(ev, size, ts) {
                                     g.split = true;
                                     split_txn(ctx, cp, g).await;
@@ -209,29 +219,37 @@ pub async fn replicate(
                                             r = Routed::NeedsCopy;
                                         }
                                     }
-                                    dispatched_ts = dispatched_ts.max(g.ts);
-                                    position = (dispatched_ts, g.token.clone());
                                     r
                                 } else {
                                     Routed::Done
                                 }
                             }
-                            None => {
-                                let token = ev.get_document("_id").ok().cloned();
-                                let r = router.dispatch(&ev, size).await?;
-                                dispatched_ts = dispatched_ts.max(ts);
-                                position = (dispatched_ts, token);
-                                r
-                            }
+                            None => router.dispatch(&ev, size).await?,
                         };
                     }
                 }
                 None => {
                     idle = true;
-                    // Nothing more to return: an open transaction is complete.
-                    if let Some(g) = group.take() {
-                        routed = close(&mut router, g, &mut position, &mut dispatched_ts).await?;
-                    }
+                    // Nothing more to return, twice in a row: every open transaction is
+                    // complete (on SecantusDB's Rust server, a transaction still open on the
+                    // source can hold back the later events of one that committed; a second
+                    // empty answer gives it time to finish, see docs/known-differences.md).
+                    let waited = *quiet_since.get_or_insert_with(Instant::now);
+                    let all = if open.is_empty() {
+                        Vec::new()
+                    } else if open.shared_time() || source_quiet(ctx, last_read).await {
+                        debug!(
+                            open = open.len(),
+                            "transactions complete: the stream has nothing more"
+                        );
+                        open.take_all()
+                    } else if waited.elapsed() >= OPEN_TXN_WAIT {
+                        unproven(ctx, cp, open.len()).await;
+                        open.take_all()
+                    } else {
+                        Vec::new()
+                    };
+                    routed = close(&mut router, all).await?;
                     if routed == Routed::Done {
                         // An empty batch: everything before the post-batch resume token was
                         // seen.
@@ -251,7 +269,7 @@ pub async fn replicate(
                         }
                         let token = stream.resume_token().as_ref().and_then(token_doc);
                         if token.is_some() {
-                            position = (dispatched_ts, token);
+                            now = (dispatched_ts, token);
                         }
                     }
                 }
@@ -262,13 +280,14 @@ pub async fn replicate(
                 outcome = ReplOutcome::NeedsCopy;
                 break;
             }
+            let position = open.resume_point(&now);
             if (idle || last_marker.elapsed() >= MARKER_INTERVAL) && position != marked {
                 router.mark(position.0, position.1.clone()).await?;
-                marked = position.clone();
+                marked = position;
                 last_marker = Instant::now();
             }
             router.settle(false).await?;
-            if idle && !router.has_markers() {
+            if idle && open.is_empty() && !router.has_markers() {
                 // Where the server says how far the empty batch reaches (mongod's post-batch
                 // token), trust that over the time asked at: oplog holes stay covered.
                 let seen = match (asked_at, token_ts) {
@@ -298,6 +317,7 @@ pub async fn replicate(
         }
         // Drain: flush everything dispatched and wait for it. A transaction still being
         // gathered is not applied: it is read again on resume.
+        let position = open.resume_point(&now);
         if position != marked {
             router.mark(position.0, position.1.clone()).await?;
         }
@@ -315,20 +335,54 @@ pub async fn replicate(
     Ok(outcome)
 }
 
-/// Dispatch a complete transaction; the position moves past it.
-async fn close(
-    router: &mut Router,
-    g: txn::Group,
-    position: &mut (Timestamp, Option<Document>),
-    dispatched_ts: &mut Timestamp,
-) -> Result<Routed> {
-    let r = if g.split {
-        Routed::Done
-    } else {
-        router.dispatch_txn(&g.id, g.ts, &g.events).await?
-    };
-    *dispatched_ts = (*dispatched_ts).max(g.ts);
-    *position = (*dispatched_ts, g.token);
+/// How long transactions may stay open while the change stream returns nothing although the
+/// source wrote past the last event read (see `source_quiet`).
+const OPEN_TXN_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the source wrote nothing after `last_read` (its cluster time, asked now, is not
+/// past it): then the transactions gathered are complete. On SecantusDB's Rust server a
+/// transaction still open holds back the events of those that committed after its first
+/// write, and the change stream returns nothing meanwhile: the source's clock tells the two
+/// apart (a transaction it aborted also moves the clock: see `OPEN_TXN_WAIT`).
+async fn source_quiet(ctx: &Ctx, last_read: Timestamp) -> bool {
+    match conn::cluster_time(&ctx.source, Side::Source).await {
+        Ok(now) => now <= last_read,
+        Err(e) => {
+            debug!(error = %e, "cannot read the source's time");
+            false
+        }
+    }
+}
+
+/// Transactions taken as complete without proof after `OPEN_TXN_WAIT` (the source's clock
+/// moved past the last event read: an aborted transaction, or one still open that holds back
+/// the rest of theirs): counted, logged and reported in the status.
+async fn unproven(ctx: &Ctx, cp: &Arc<Mutex<Checkpoint>>, n: usize) {
+    ctx.metrics.txns_unproven.inc_by(n as u64);
+    let total = ctx.metrics.txns_unproven.get();
+    warn!(
+        open = n,
+        "the source's clock is past the last event read, but the change stream returned nothing more for {} s: taking the transactions gathered as complete (if one is not, a reader of the target may see part of it)",
+        OPEN_TXN_WAIT.as_secs()
+    );
+    let prefix = "source transactions taken as complete without proof";
+    let line = format!(
+        "{prefix} (the change stream idle for {} s while the source's clock moved on; SecantusDB's Rust server): {total}",
+        OPEN_TXN_WAIT.as_secs()
+    );
+    let mut c = cp.lock().await;
+    c.warnings.retain(|w| !w.starts_with(prefix));
+    c.warnings.push(line);
+}
+
+/// Dispatch complete transactions (oldest first).
+async fn close(router: &mut Router, groups: Vec<txn::Group>) -> Result<Routed> {
+    let mut r = Routed::Done;
+    for g in groups {
+        if !g.split && router.dispatch_txn(&g.id, g.ts, &g.events).await? == Routed::NeedsCopy {
+            r = Routed::NeedsCopy;
+        }
+    }
     Ok(r)
 }
 

@@ -28,9 +28,9 @@ use tracing::debug;
 use super::super::ctx::Ctx;
 use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
+use super::super::store::TxnMarker;
 use super::applier::{Msg, Progress, Txn};
 use super::ddl::{self, DdlDecision, DdlOp};
-use super::super::store::TxnMarker;
 use super::translate::{self, Translated, WriteOp};
 use super::txn;
 use super::write::Op;
@@ -261,6 +261,10 @@ impl Router {
             // Nothing to keep together, or a capped collection (which takes no transactional
             // writes; servers refuse them in transactions anyway).
             for r in ops {
+                if self.replayed.behind(r.key, ts) {
+                    debug!("event skipped: a transaction applied by an earlier run is newer");
+                    continue;
+                }
                 self.send_op(r, size / events.len().max(1)).await?;
             }
             return Ok(routed);
@@ -287,12 +291,11 @@ impl Router {
             ts: Some(ts),
             keys: ops.iter().map(|r| r.key as i64).collect(),
         };
-        let marker = mongodb::bson::to_raw_document_buf(&marker).map_err(|e| {
-            EngineError::Encode {
+        let marker =
+            mongodb::bson::to_raw_document_buf(&marker).map_err(|e| EngineError::Encode {
                 what: "a transaction record".into(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         self.send(
             home,
             Msg::Txn(Box::new(Txn {

@@ -135,6 +135,17 @@ pub fn translate(ev: &Document) -> Translated {
     Translated::Crud { db, coll, op }
 }
 
+/// The routing key (`key_hash`) of a CRUD event's document, without translating the event.
+pub fn event_key(ev: &Document) -> Option<u64> {
+    let op = ev.get_str("operationType").ok()?;
+    if !matches!(op, "insert" | "replace" | "update" | "delete") {
+        return None;
+    }
+    let (db, coll) = event_ns(ev)?;
+    let key = ev.get_document("documentKey").ok()?;
+    Some(key_hash(&db, &coll?, key))
+}
+
 fn ns_text(ev: &Document) -> String {
     match event_ns(ev) {
         Some((db, Some(c))) => format!("{db}.{c}"),

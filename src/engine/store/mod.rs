@@ -11,7 +11,7 @@ pub mod lease;
 pub mod records;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Timestamp, rawdoc, Bson, DateTime, Document};
+use mongodb::bson::{doc, rawdoc, Bson, DateTime, Document, Timestamp};
 use mongodb::options::ReplaceOptions;
 use mongodb::{Client, Collection, Database};
 
@@ -20,7 +20,9 @@ use super::filter::META_DB;
 use batch::{encode, upsert_many};
 use fence::Fence;
 pub use lease::Identity;
-pub use records::{Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, TxnMarker, TXN_MARKERS};
+pub use records::{
+    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, TxnMarker, TXN_MARKERS,
+};
 
 const JOB_ID: &str = "job";
 
