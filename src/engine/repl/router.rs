@@ -240,9 +240,8 @@ impl Router {
             debug!("transaction skipped: an earlier run applied it");
             return Ok(routed);
         }
-        if !self.replayed.covers(ts) {
-            self.replayed = txn::Replayed::default();
-        }
+        // Kept for the whole run: transactions complete out of op-time order (several may be
+        // gathered at once), so a later one is no sign that the recorded ones are behind.
         let mut ops: Vec<Routable> = Vec::with_capacity(events.len());
         let mut size = 0usize;
         for (ev, sz) in events {
