@@ -79,7 +79,7 @@ pub struct Plan {
     refusals: usize,
     pub ops: u64,
     /// Records of the source transactions in the plan (`store::TxnMarker`), written in the
-    /// same target transaction.
+    /// same target transaction as one `store::TxnBatch`.
     pub markers: Vec<RawDocumentBuf>,
 }
 
@@ -292,15 +292,23 @@ impl Plan {
             }
         }
         if !self.markers.is_empty() {
+            // One record for the batch, holding each transaction's (see `store::TxnBatch`).
             let what = "recording applied transactions";
-            let mut stmts = RawArrayBuf::new();
+            let mut txns = RawArrayBuf::new();
+            let mut ts: Option<mongodb::bson::Timestamp> = None;
             for m in &self.markers {
-                let id = m.get("_id").ok().flatten().map(|v| v.to_raw_bson());
-                if let Some(id) = id {
-                    stmts.push(rawdoc! {"q": {"_id": id}, "u": m.clone(), "upsert": true});
+                if let Ok(t) = m.get_timestamp("ts") {
+                    ts = Some(ts.map_or(t, |u| u.max(t)));
                 }
+                txns.push(m.clone());
             }
-            let cmd = rawdoc! {"update": TXN_MARKERS, "updates": stmts, "ordered": true};
+            let mut rec = rawdoc! {"_id": mongodb::bson::oid::ObjectId::new(), "txns": txns};
+            if let Some(t) = ts {
+                rec.append("ts", t);
+            }
+            let mut docs = RawArrayBuf::new();
+            docs.push(rec);
+            let cmd = rawdoc! {"insert": TXN_MARKERS, "documents": docs, "ordered": true};
             let reply = ctx
                 .target
                 .database(META_DB)

@@ -21,7 +21,7 @@ use batch::{encode, upsert_many};
 use fence::Fence;
 pub use lease::Identity;
 pub use records::{
-    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, TxnMarker, TXN_MARKERS,
+    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, TxnBatch, TxnMarker, TXN_MARKERS,
 };
 
 const JOB_ID: &str = "job";
@@ -324,14 +324,17 @@ impl Store {
     /// The source transactions applied at or after `since` (see `TxnMarker`).
     pub async fn txn_markers_since(&self, since: Timestamp) -> Result<Vec<TxnMarker>> {
         let what = "reading the transactions applied";
-        self.db
-            .collection::<TxnMarker>(TXN_MARKERS)
+        let batches: Vec<TxnBatch> = self
+            .db
+            .collection::<TxnBatch>(TXN_MARKERS)
             .find(doc! {"ts": {"$gte": since}})
+            .projection(doc! {"_id": 0})
             .await
             .on(Side::Target, what)?
             .try_collect()
             .await
-            .on(Side::Target, what)
+            .on(Side::Target, what)?;
+        Ok(batches.into_iter().flat_map(|b| b.txns).collect())
     }
 
     /// Forget the transactions applied before `before` (replication never replays them).

@@ -111,7 +111,8 @@ pub struct IndexEntry {
     pub spec: Document,
 }
 
-/// Where the records of applied source transactions are kept.
+/// Where the records of applied source transactions are kept (one `TxnBatch` per target
+/// transaction that held any).
 pub const TXN_MARKERS: &str = "txns";
 
 /// A source transaction applied, recorded in the same target transaction as its writes:
@@ -129,4 +130,13 @@ pub struct TxnMarker {
     pub ts: Option<Timestamp>,
     /// Routing keys (`repl::translate::key_hash`) of the documents it wrote.
     pub keys: Vec<i64>,
+}
+
+/// The record of one target transaction holding source transactions: theirs, and the op time
+/// of the latest (the record goes once the checkpoint is past it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TxnBatch {
+    pub ts: Option<Timestamp>,
+    pub txns: Vec<TxnMarker>,
 }
