@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod kubectl;
 pub mod proc;
 pub mod servers;
+pub mod transfers;
 pub mod wait;
 pub mod worker;
 pub mod workload;

@@ -47,6 +47,15 @@ pub struct PreflightEstimate {
     /// Assumed copy throughput, in MB/s (1 MB = 10^6 bytes).
     pub throughput_mbps: f64,
     pub copy_seconds: f64,
+    /// Selected collections the source did not size within the preflight's time budget (a
+    /// server that reads a collection to size it, such as SecantusDB): counted as 0 bytes and
+    /// 0 documents, so `bytes`, `documents` and `copySeconds` are lower bounds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unsized_collections: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /preflight`, `mongoferry preflight --json`, and the body of a refused `POST /start`.

@@ -163,6 +163,41 @@ pub async fn cluster_time(client: &Client, side: Side) -> Result<Timestamp> {
         .ok_or(EngineError::NotReplicaSet { side })
 }
 
+/// Where the source's change stream stands now: its cluster time, then the post-batch resume
+/// token of an empty cluster-wide stream opened right after (none where the server gives
+/// none). Replication from the copy's start resumes after that token; every event after it is
+/// delivered, and the server finds it without reading its oplog (a start at a time makes
+/// SecantusDB read its whole oplog: seconds for a million entries).
+pub async fn stream_position(source: &Client) -> Result<(Timestamp, Option<Document>)> {
+    let ts = cluster_time(source, Side::Source).await?;
+    let admin = source.database("admin");
+    let what = "opening the change stream";
+    let reply = admin
+        .run_command(doc! {
+            "aggregate": 1,
+            "pipeline": [{"$changeStream": {"allChangesForCluster": true, "showExpandedEvents": true}}],
+            "cursor": {"batchSize": 0},
+        })
+        .await
+        .map_err(|e| EngineError::mongo(Side::Source, what, e))?;
+    let cursor = reply.get_document("cursor").ok();
+    let token = cursor
+        .and_then(|c| c.get_document("postBatchResumeToken").ok())
+        .cloned();
+    if let Some(id) = cursor
+        .and_then(|c| c.get_i64("id").ok())
+        .filter(|i| *i != 0)
+    {
+        if let Err(e) = admin
+            .run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
+            .await
+        {
+            tracing::debug!(error = %e, "cannot close the probe change stream");
+        }
+    }
+    Ok((ts, token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

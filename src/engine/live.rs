@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mongodb::bson::Timestamp;
+use mongodb::bson::{Document, Timestamp};
 
 use super::optime;
 use super::store::Checkpoint;
@@ -23,6 +23,9 @@ struct Text {
 #[derive(Default)]
 pub struct Live {
     applied: AtomicU64,
+    /// The resume token of the applied position and its op time (packed): valid while that
+    /// op time is the applied one.
+    applied_token: Mutex<Option<(u64, Document)>>,
     source_now: AtomicU64,
     /// Source time up to which the stream was seen empty with nothing left to apply.
     caught_up: AtomicU64,
@@ -31,6 +34,9 @@ pub struct Live {
     pub cloned_bytes: AtomicU64,
     pub cloned_docs: AtomicU64,
     pub collections_completed: AtomicU64,
+    /// The transactions-applied count when the records of applied transactions were last
+    /// pruned.
+    pub txns_forgotten: AtomicU64,
     /// When this process started copying, and the bytes already copied then (for the ETA).
     copy_start: Mutex<Option<(Instant, u64)>>,
     text: Mutex<Text>,
@@ -51,10 +57,15 @@ impl Live {
     /// Load counters from a checkpoint (worker start, reset).
     pub fn restore(&self, cp: &Checkpoint) {
         self.caught_up.store(0, Ordering::Relaxed);
-        self.applied.store(
-            cp.resume_ts.or(cp.start_ts).map(pack).unwrap_or(0),
-            Ordering::SeqCst,
-        );
+        let (at, token) = match cp.resume_ts {
+            Some(ts) => (Some(ts), cp.resume_token.clone()),
+            None => (cp.start_ts, cp.start_token.clone()),
+        };
+        self.applied
+            .store(at.map(pack).unwrap_or(0), Ordering::SeqCst);
+        if let Ok(mut t) = self.applied_token.lock() {
+            *t = at.zip(token).map(|(ts, tok)| (pack(ts), tok));
+        }
         self.events_read
             .store(cp.events_read.max(0) as u64, Ordering::Relaxed);
         self.events_applied
@@ -69,6 +80,30 @@ impl Live {
     /// Monotonic: the applied op time never goes back.
     pub fn set_applied(&self, ts: Timestamp) {
         self.applied.fetch_max(pack(ts), Ordering::SeqCst);
+    }
+
+    /// Everything up to and including the event (or post-batch position) of `token`, at op
+    /// time `ts`, is durably applied. Positions are recorded in stream order, so a later call
+    /// at the same op time is a later position.
+    pub fn set_applied_at(&self, ts: Timestamp, token: Option<Document>) {
+        if let (Some(tok), Ok(mut cur)) = (token, self.applied_token.lock()) {
+            if cur.as_ref().is_none_or(|(p, _)| pack(ts) >= *p) {
+                *cur = Some((pack(ts), tok));
+            }
+        }
+        self.set_applied(ts);
+    }
+
+    /// The applied op time and, where known, the resume token of that position (none when
+    /// the op time moved past the last token recorded).
+    pub fn applied_position(&self) -> (Timestamp, Option<Document>) {
+        let applied = self.applied();
+        let token = self.applied_token.lock().ok().and_then(|t| {
+            t.as_ref()
+                .filter(|(p, _)| *p == pack(applied))
+                .map(|(_, tok)| tok.clone())
+        });
+        (applied, token)
     }
 
     /// The op time up to which the target is known to be consistent with the source: the

@@ -157,17 +157,6 @@ fn entry_rate(o: &OplogFacts) -> Option<f64> {
     }
 }
 
-/// The seconds a backwards scan of the newest oplog entries covered: the whole `span` when it
-/// reached an entry older than it, else from its oldest entry read to `now` (op times have a
-/// one-second resolution: at least one second). Pure.
-pub fn scanned_span(now: u32, oldest_seen: u32, crossed: bool, span: u32) -> f64 {
-    if crossed {
-        f64::from(span)
-    } else {
-        f64::from(now.saturating_sub(oldest_seen).clamp(1, span))
-    }
-}
-
 fn human_secs(s: f64) -> String {
     if !s.is_finite() {
         "unlimited".into()
@@ -283,7 +272,8 @@ pub fn oplog_check(o: &OplogFacts, copy_seconds: f64) -> PreflightCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Occupied {
     pub ns: String,
-    pub documents: u64,
+    /// `None`: it holds documents, but the target did not count them within the budget.
+    pub documents: Option<u64>,
     /// Created by an earlier run of this job (the engine replaces it anyway).
     pub owned: bool,
 }
@@ -293,7 +283,10 @@ pub fn target_namespaces_check(occupied: &[Occupied], drop: bool) -> PreflightCh
     let foreign: Vec<&Occupied> = occupied.iter().filter(|o| !o.owned).collect();
     let list = |v: &[&Occupied]| {
         v.iter()
-            .map(|o| format!("{} ({} documents)", o.ns, o.documents))
+            .map(|o| match o.documents {
+                Some(n) => format!("{} ({n} documents)", o.ns),
+                None => format!("{} (holds documents)", o.ns),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -405,14 +398,20 @@ pub fn copy_seconds(bytes: u64, throughput_mbps: f64) -> f64 {
 pub fn estimate_check(e: &PreflightEstimate) -> PreflightCheck {
     let name = "estimate";
     let text = format!(
-        "{:.1} MB in {} documents, {} collections, {} views, {} indexes: copy ≈ {} at {} MB/s",
+        "{}{:.1} MB in {} documents, {} collections, {} views, {} indexes: copy ≈ {} at {} MB/s{}",
+        if e.unsized_collections > 0 {
+            "at least "
+        } else {
+            ""
+        },
         e.bytes as f64 / 1e6,
         e.documents,
         e.collections,
         e.views,
         e.indexes,
         human_secs(e.copy_seconds),
-        e.throughput_mbps
+        e.throughput_mbps,
+        unsized_note(e)
     );
     if e.collections == 0 && e.views == 0 {
         return check(
@@ -423,6 +422,18 @@ pub fn estimate_check(e: &PreflightEstimate) -> PreflightCheck {
         );
     }
     pass(name, text)
+}
+
+/// What an estimate leaves out: the collections the source did not size in time.
+pub fn unsized_note(e: &PreflightEstimate) -> String {
+    if e.unsized_collections == 0 {
+        return String::new();
+    }
+    format!(
+        " ({} collection(s) not sized within the preflight's time budget, counted as empty: \
+         this server reads a collection's documents to size it)",
+        e.unsized_collections
+    )
 }
 
 /// The one-line summary of a report.
@@ -465,18 +476,6 @@ pub fn summary(checks: &[PreflightCheck]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scanned_span_is_the_window_or_what_the_budget_reached() {
-        // Reached an entry older than the window: every entry of the window was counted.
-        assert_eq!(scanned_span(1_000, 950, true, 60), 60.0);
-        // Budget spent 12 s back.
-        assert_eq!(scanned_span(1_000, 988, false, 60), 12.0);
-        // Budget spent within the current second: one second, never zero.
-        assert_eq!(scanned_span(1_000, 1_000, false, 60), 1.0);
-        // An entry stamped after `now` (clocks read apart).
-        assert_eq!(scanned_span(1_000, 1_001, false, 60), 1.0);
-    }
 
     #[test]
     fn version_rules() {
@@ -599,12 +598,12 @@ mod tests {
         let occ = vec![
             Occupied {
                 ns: "app.users".into(),
-                documents: 12,
+                documents: Some(12),
                 owned: false,
             },
             Occupied {
                 ns: "app.old".into(),
-                documents: 3,
+                documents: Some(3),
                 owned: true,
             },
         ];

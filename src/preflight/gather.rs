@@ -4,9 +4,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
-use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::Hint;
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 
 use super::checks::{self, MetadataFacts, Occupied, OplogFacts, Topology, Unsupported};
@@ -15,12 +14,18 @@ use super::{Facts, Options, Reach, SideFacts};
 use crate::api::PreflightEstimate;
 use crate::engine::catalog;
 
-use crate::engine::error::{is_network, mongo_code, Side};
-use crate::engine::filter::{is_system_db, META_DB};
+use crate::engine::error::{is_network, mongo_code, EngineError, Side};
+use crate::engine::filter::META_DB;
 
 /// Find probes run on at most this many selected collections.
 const FIND_PROBES: usize = 20;
-/// Window over which the source's write rate is measured, seconds.
+/// The longest the preflight waits for what a server may answer slowly (collection sizes
+/// and document counts: SecantusDB reads every document to answer them).
+const SIZE_BUDGET: Duration = Duration::from_millis(500);
+/// Collections sized at once.
+const SIZE_CONCURRENCY: usize = 8;
+/// The span the oplog check calls recent, seconds (an oplog younger than this has its write
+/// rate measured over its age).
 const RECENT_SPAN: u32 = 60;
 /// SecantusDB reports a count-capped oplog's `size` as 16 KiB an entry.
 const SECANTUS_BYTES_PER_ENTRY: i64 = 16 * 1024;
@@ -168,6 +173,96 @@ struct Selection {
     unsupported: Vec<Unsupported>,
 }
 
+/// A probe from an engine error (error 13 names the missing privilege).
+fn engine_probe(op: impl Into<String>, privilege: impl Into<String>, e: &EngineError) -> Probe {
+    Probe {
+        op: op.into(),
+        privilege: privilege.into(),
+        outcome: if matches!(e, EngineError::Unauthorized { .. }) {
+            Outcome::Unauthorized(e.to_string())
+        } else {
+            Outcome::Failed(e.to_string())
+        },
+    }
+}
+
+/// What one selected collection told: its size (if given in time), its indexes, and the
+/// probes it failed (or the first one, which stands for all).
+struct Sized {
+    size: Option<(i64, i64)>,
+    indexes: u64,
+    probes: Vec<Probe>,
+}
+
+/// Size, index count and access probes of one selected collection: metadata commands only
+/// (`collStats` within the budget, `listIndexes`, and the `find` privilege proven by an
+/// `_id` lookup that matches nothing).
+async fn size_one(source: &Client, i: usize, db: &str, coll: &str, deadline: Instant) -> Sized {
+    let mut out = Sized {
+        size: None,
+        indexes: 0,
+        probes: Vec::new(),
+    };
+    let sizing = async {
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        catalog::estimate_by(source, db, coll, deadline).await
+    };
+    let indexes = catalog::list_indexes(source, Side::Source, db, coll);
+    let find = async {
+        if i >= FIND_PROBES {
+            return None;
+        }
+        Some(
+            source
+                .database(db)
+                .run_command(doc! {
+                    // An `_id` lookup no document matches: answered from the index.
+                    "find": coll, "filter": {"_id": Bson::MinKey}, "limit": 1,
+                    "singleBatch": true,
+                })
+                .await
+                .map(|_| ()),
+        )
+    };
+    let (size, ix, find) = tokio::join!(sizing, indexes, find);
+    match size {
+        Ok(s) => out.size = s,
+        Err(e) => {
+            if i < FIND_PROBES || matches!(e, EngineError::Unauthorized { .. }) {
+                out.probes.push(engine_probe(
+                    format!("collStats on {db}.{coll}"),
+                    format!("collStats on {db}.{coll}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    match ix {
+        Ok(ix) => out.indexes = ix.len() as u64,
+        Err(e) => {
+            if i < FIND_PROBES || matches!(e, EngineError::Unauthorized { .. }) {
+                out.probes.push(engine_probe(
+                    format!("listIndexes on {db}.{coll}"),
+                    format!("listIndexes on {db}.{coll}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    if let Some(r) = find {
+        if !matches!(outcome(r.clone()), Outcome::Allowed) || i == 0 {
+            out.probes.push(probe(
+                format!("find on {db}.{coll} (an _id lookup)"),
+                format!("find on {db}.{coll}"),
+                r,
+            ));
+        }
+    }
+    out
+}
+
 async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>) -> Selection {
     let mut sel = Selection {
         selected: Vec::new(),
@@ -178,146 +273,68 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
     let Ok(filter) = opts.filter() else {
         return sel;
     };
-    let dbs = match source.list_database_names().await {
-        Ok(d) => {
+    // The engine's own listing: what the preflight judges is what the copy will take.
+    let listing = match catalog::list_selection(source, &filter).await {
+        Ok(l) => {
             probes.push(probe(
                 "listDatabases",
                 "listDatabases on the cluster",
                 Ok(()),
             ));
-            d
+            l
         }
         Err(e) => {
-            probes.push(probe(
+            probes.push(engine_probe(
                 "listDatabases",
                 "listDatabases on the cluster",
-                Err(e),
+                &e,
             ));
             return sel;
         }
     };
-    for db in dbs.iter().filter(|d| !is_system_db(d)) {
-        let specs = source
-            .database(db)
-            .run_cursor_command(doc! {"listCollections": 1})
-            .await;
-        let specs: Vec<Document> = match specs {
-            Ok(c) => match c.try_collect().await {
-                Ok(v) => v,
-                Err(e) => {
-                    probes.push(probe(
-                        format!("listCollections on {db}"),
-                        format!("listCollections on database {db}"),
-                        Err(e),
-                    ));
-                    continue;
-                }
-            },
-            Err(e) => {
-                probes.push(probe(
-                    format!("listCollections on {db}"),
-                    format!("listCollections on database {db}"),
-                    Err(e),
-                ));
-                continue;
-            }
-        };
-        for spec in specs {
-            let name = spec.get_str("name").unwrap_or_default().to_string();
-            let ns = format!("{db}.{name}");
-            let kind = spec.get_str("type").unwrap_or("collection").to_string();
-            let options = spec.get_document("options").cloned().unwrap_or_default();
-            if name.starts_with("system.") {
-                // `system.views` holds the views (migrated); buckets belong to time series.
-                if name != "system.views"
-                    && !name.starts_with("system.buckets.")
-                    && filter.patterns_match(db, &name)
-                {
-                    sel.unsupported.push(Unsupported {
-                        ns,
-                        why: "system collection: skipped".into(),
-                    });
-                }
-                continue;
-            }
-            if !filter.selected(db, &name) {
-                continue;
-            }
-            if let Some(why) = catalog::unsupported_reason(&kind, &name, &options) {
-                sel.unsupported.push(Unsupported {
-                    ns,
-                    why: format!("{why}: skipped"),
-                });
-                continue;
-            }
-            if kind == "view" {
-                sel.estimate.views += 1;
-                continue;
-            }
-            sel.capped |= options.get_bool("capped").unwrap_or(false);
-            sel.selected.push((db.clone(), name));
-        }
+    for (db, e) in &listing.unlisted {
+        probes.push(engine_probe(
+            format!("listCollections on {db}"),
+            format!("listCollections on database {db}"),
+            e,
+        ));
     }
-    // Size, documents and indexes of each collection; find probes on the first few.
-    for (i, (db, coll)) in sel.selected.iter().enumerate() {
-        let d = source.database(db);
-        match d.run_command(doc! {"collStats": coll}).await {
-            Ok(stats) => {
-                let mut size = crate::engine::reply::num(stats.get("size"));
-                let count = crate::engine::reply::num(stats.get("count"));
-                if count > 0 && size == 0 {
-                    // No statistics kept: measure.
-                    if let Ok((b, _)) = catalog::estimate(source, db, coll).await {
-                        size = b;
-                    }
-                }
-                sel.estimate.bytes += size.max(0) as u64;
-                sel.estimate.documents += count.max(0) as u64;
-            }
-            Err(e) => {
-                if i < FIND_PROBES || mongo_code(&e) == Some(13) {
-                    probes.push(probe(
-                        format!("collStats on {db}.{coll}"),
-                        format!("collStats on {db}.{coll}"),
-                        Err(e),
-                    ));
-                }
-            }
+    for l in listing.listed {
+        let e = l.entry;
+        if let Some(why) = l.unsupported {
+            sel.unsupported.push(Unsupported {
+                ns: e.ns,
+                why: format!("{why}: skipped"),
+            });
+            continue;
         }
-        match catalog::list_indexes(source, Side::Source, db, coll).await {
-            Ok(ix) => sel.estimate.indexes += ix.len() as u64,
-            Err(e) => {
-                if i < FIND_PROBES {
-                    probes.push(Probe {
-                        op: format!("listIndexes on {db}.{coll}"),
-                        privilege: format!("listIndexes on {db}.{coll}"),
-                        outcome: if matches!(
-                            e,
-                            crate::engine::error::EngineError::Unauthorized { .. }
-                        ) {
-                            Outcome::Unauthorized(e.to_string())
-                        } else {
-                            Outcome::Failed(e.to_string())
-                        },
-                    });
-                }
-            }
+        if e.kind == "view" {
+            sel.estimate.views += 1;
+            continue;
         }
-        if i < FIND_PROBES {
-            let r = d
-                .collection::<Document>(coll)
-                .find_one(doc! {})
-                .projection(doc! {"_id": 1})
-                .await
-                .map(|_| ());
-            if !matches!(outcome(r.clone()), Outcome::Allowed) || i == 0 {
-                probes.push(probe(
-                    format!("find on {db}.{coll} (limit 1)"),
-                    format!("find on {db}.{coll}"),
-                    r,
-                ));
+        sel.capped |= e.capped;
+        sel.selected.push((e.db, e.coll));
+    }
+    // Sizes within one budget (metadata on mongod; SecantusDB reads every document to
+    // answer, so what it cannot size in time is counted as unsized), at once.
+    let deadline = Instant::now() + SIZE_BUDGET;
+    let sized: Vec<Sized> = futures::stream::iter(sel.selected.clone().into_iter().enumerate())
+        .map(|(i, (db, coll)): (usize, (String, String))| async move {
+            size_one(source, i, &db, &coll, deadline).await
+        })
+        .buffered(SIZE_CONCURRENCY)
+        .collect()
+        .await;
+    for s in sized {
+        match s.size {
+            Some((bytes, docs)) => {
+                sel.estimate.bytes += bytes.max(0) as u64;
+                sel.estimate.documents += docs.max(0) as u64;
             }
+            None => sel.estimate.unsized_collections += 1,
         }
+        sel.estimate.indexes += s.indexes;
+        probes.extend(s.probes);
     }
     sel.estimate.collections = sel.selected.len() as u64;
     sel.estimate.throughput_mbps = opts.throughput();
@@ -325,87 +342,173 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
     sel
 }
 
-/// Open a cluster-wide change stream and close it again.
-async fn probe_change_stream(source: &Client) -> Probe {
+/// Open a cluster-wide change stream and close it again; its post-batch resume token says
+/// where the stream stands (the newest oplog position).
+async fn probe_change_stream(source: &Client) -> (Probe, Option<Document>) {
     let admin = source.database("admin");
     let r = admin
         .run_command(doc! {
             "aggregate": 1,
-            "pipeline": [{"$changeStream": {"allChangesForCluster": true}}],
+            "pipeline": [{"$changeStream": {"allChangesForCluster": true, "showExpandedEvents": true}}],
             "cursor": {"batchSize": 0}
         })
         .await;
+    let mut token = None;
     let r = match r {
         Ok(reply) => {
-            let id = reply
-                .get_document("cursor")
-                .ok()
-                .and_then(|c| c.get_i64("id").ok())
-                .unwrap_or(0);
-            if id != 0 {
-                let _ = admin
-                    .run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
-                    .await;
-            }
+            let cursor = reply.get_document("cursor").ok();
+            token = cursor
+                .and_then(|c| c.get_document("postBatchResumeToken").ok())
+                .cloned();
+            let id = cursor.and_then(|c| c.get_i64("id").ok()).unwrap_or(0);
+            kill_stream(&admin, id).await;
             Ok(())
         }
         Err(e) => Err(e),
     };
-    probe(
-        "aggregate $changeStream (allChangesForCluster) on admin",
-        "changeStream + find on every database (any normal resource)",
-        r,
+    (
+        probe(
+            "aggregate $changeStream (allChangesForCluster) on admin",
+            "changeStream + find on every database (any normal resource)",
+            r,
+        ),
+        token,
     )
 }
 
-/// The oplog: oldest entry (also a probe), capacity, fill and write rate.
-async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFacts, String> {
+async fn kill_stream(admin: &mongodb::Database, id: i64) {
+    if id != 0 {
+        let _ = admin
+            .run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
+            .await;
+    }
+}
+
+/// How many times the oldest held sequence number is searched for (each a resume of a change
+/// stream: one round trip), when the oplog holds fewer entries than its capacity says.
+const OLDEST_SEARCH_STEPS: u32 = 8;
+
+/// The first change event after sequence `s` on SecantusDB: its time and sequence. `Ok(None)`:
+/// no event after it; `Err(true)`: the server no longer holds `s` (history lost);
+/// `Err(false)`: another failure.
+async fn secantus_event_after(
+    admin: &mongodb::Database,
+    template: &Document,
+    s: i64,
+) -> std::result::Result<Option<(Timestamp, i64)>, bool> {
+    let tok = super::token::at_sequence(template, s).ok_or(false)?;
+    let reply = admin
+        .run_command(doc! {
+            "aggregate": 1,
+            "pipeline": [{"$changeStream": {
+                "allChangesForCluster": true, "showExpandedEvents": true, "resumeAfter": tok,
+            }}],
+            "cursor": {"batchSize": 1},
+        })
+        .await
+        .map_err(|e| matches!(mongo_code(&e), Some(286) | Some(136)))?;
+    let cursor = reply.get_document("cursor").map_err(|_| false)?;
+    kill_stream(admin, cursor.get_i64("id").unwrap_or(0)).await;
+    let first = cursor
+        .get_array("firstBatch")
+        .ok()
+        .and_then(|b| b.first())
+        .and_then(Bson::as_document);
+    let Some(ev) = first else { return Ok(None) };
+    let ts = ev.get_timestamp("clusterTime").map_err(|_| false)?;
+    let seq = ev
+        .get_document("_id")
+        .ok()
+        .and_then(super::token::decode)
+        .map(|(s, _)| s)
+        .ok_or(false)?;
+    Ok(Some((ts, seq)))
+}
+
+/// SecantusDB's oplog located by sequence numbers (its queries of `local.oplog.rs` read the
+/// whole oplog): the newest position from the change stream's post-batch token, the oldest
+/// held entry by resuming after the sequence the capacity says is the oldest (searching
+/// forward when the server already pruned it, as its time-based retention does). Returns the
+/// oldest entry's time and the entries held; `None` when the server's tokens are not
+/// SecantusDB's.
+async fn secantus_oplog(
+    source: &Client,
+    newest: &Document,
+    capacity: Option<u64>,
+) -> Option<(Timestamp, u64)> {
+    let (last, last_ts) = super::token::decode(newest)?;
+    let admin = source.database("admin");
+    let held = capacity.map_or(last, |c| last.min(c as i64));
+    // Resuming after `lo` (exclusive) is refused while `lo` is pruned; `hi` is known held.
+    let (mut lo, mut hi) = (last - held, last);
+    let mut found: Option<(Timestamp, i64)> = None;
+    let mut guess = lo;
+    for _ in 0..OLDEST_SEARCH_STEPS {
+        match secantus_event_after(&admin, newest, guess).await {
+            Ok(ev) => {
+                found = ev.or(found);
+                hi = guess;
+                if guess == lo {
+                    break;
+                }
+            }
+            Err(true) => lo = guess,
+            Err(false) => return None,
+        }
+        if hi - lo <= 1 {
+            break;
+        }
+        guess = lo + (hi - lo) / 2;
+    }
+    match found {
+        Some((ts, s)) => Some((ts, (last - s + 1).max(1) as u64)),
+        // Nothing after the oldest position: the newest position is all there is.
+        None => Some((last_ts, 0)),
+    }
+}
+
+/// The oplog in `$natural` order, first or last entry (mongod answers from its ends).
+async fn natural_end(
+    oplog: &mongodb::Collection<Document>,
+    dir: i32,
+) -> std::result::Result<Option<Timestamp>, mongodb::error::Error> {
+    Ok(oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": dir})
+        .projection(doc! {"ts": 1, "_id": 0})
+        .await?
+        .and_then(|d| d.get_timestamp("ts").ok()))
+}
+
+/// The oplog: its oldest entry, capacity, fill and write rate — from metadata and the
+/// oplog's two ends, never a scan. The privilege to read it is proven by `explain`.
+async fn oplog_facts(
+    source: &Client,
+    newest: Option<&Document>,
+    probes: &mut Vec<Probe>,
+) -> Result<OplogFacts, String> {
     let local = source.database("local");
     let oplog = local.collection::<Document>("oplog.rs");
-    let oldest = oplog
-        .find_one(doc! {})
-        .hint(Hint::Keys(doc! {"$natural": 1}))
-        .projection(doc! {"ts": 1})
-        .await;
-    let oldest = match oldest {
-        Ok(d) => {
-            probes.push(probe(
-                "find on local.oplog.rs (oldest entry)",
-                "find on local.oplog.rs",
-                Ok(()),
-            ));
-            d
-        }
-        Err(e) => {
-            let msg = format!("the source's oplog cannot be read: {e}");
-            probes.push(probe(
-                "find on local.oplog.rs (oldest entry)",
-                "find on local.oplog.rs",
-                Err(e),
-            ));
-            return Err(msg);
-        }
-    };
-    let oldest = oldest
-        .and_then(|d| d.get_timestamp("ts").ok())
-        .ok_or_else(|| "the source's oplog is empty".to_string())?;
+    let allowed = local
+        .run_command(doc! {
+            "explain": {"find": "oplog.rs", "filter": {}, "limit": 1},
+            "verbosity": "queryPlanner",
+        })
+        .await
+        .map(|_| ());
+    let denied = allowed.as_ref().err().map(|e| e.to_string());
+    probes.push(probe(
+        "explain find on local.oplog.rs",
+        "find on local.oplog.rs",
+        allowed,
+    ));
+    if let Some(e) = denied {
+        return Err(format!("the source's oplog cannot be read: {e}"));
+    }
     let now = crate::engine::conn::cluster_time(source, Side::Source)
         .await
         .map(|t| t.time)
         .unwrap_or_else(|_| now_secs());
-    let age = f64::from(now.saturating_sub(oldest.time));
-    let stats = local.run_command(doc! {"collStats": "oplog.rs"}).await.ok();
-    let count = stats
-        .as_ref()
-        .map(|s| crate::engine::reply::num(s.get("count")).max(0) as u64)
-        .unwrap_or(0);
-    let used = stats
-        .as_ref()
-        .map(|s| crate::engine::reply::num(s.get("size")).max(0) as u64);
-    let max_size = stats
-        .as_ref()
-        .map(|s| crate::engine::reply::num(s.get("maxSize")))
-        .filter(|m| *m > 0);
     // The capped size as created (bytes on mongod; 16 KiB an entry on SecantusDB).
     let created_size = match local
         .run_cursor_command(doc! {"listCollections": 1, "filter": {"name": "oplog.rs"}})
@@ -424,15 +527,48 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
             .filter(|s| *s > 0),
         Err(_) => None,
     };
-    let count_based = source
+    let secantus = source
         .database("admin")
         .run_command(doc! {"serverStatus": 1})
         .await
         .map(|s| s.contains_key("secantus"))
-        .unwrap_or(false)
-        || (count > 0 && used == Some(0));
+        .unwrap_or(false);
+    let max_entries = created_size.map(|s| (s / SECANTUS_BYTES_PER_ENTRY).max(0) as u64);
+    if let Some((oldest, held)) = match newest {
+        Some(t) if secantus => secantus_oplog(source, t, max_entries).await,
+        _ => None,
+    } {
+        return Ok(OplogFacts {
+            age_seconds: f64::from(now.saturating_sub(oldest.time)),
+            count: held,
+            recent_entries: None,
+            recent_span_seconds: f64::from(RECENT_SPAN),
+            max_entries,
+            used_bytes: None,
+            max_bytes: None,
+        });
+    }
+    // mongod: the two ends in `$natural` order and the collection's statistics, all kept by
+    // the server.
+    let oldest = match natural_end(&oplog, 1).await {
+        Ok(Some(ts)) => ts,
+        Ok(None) => return Err("the source's oplog is empty".into()),
+        Err(e) => return Err(format!("the source's oplog cannot be read: {e}")),
+    };
+    let stats = local.run_command(doc! {"collStats": "oplog.rs"}).await.ok();
+    let count = stats
+        .as_ref()
+        .map(|s| crate::engine::reply::num(s.get("count")).max(0) as u64)
+        .unwrap_or(0);
+    let used = stats
+        .as_ref()
+        .map(|s| crate::engine::reply::num(s.get("size")).max(0) as u64);
+    let max_size = stats
+        .as_ref()
+        .map(|s| crate::engine::reply::num(s.get("maxSize")))
+        .filter(|m| *m > 0);
     let mut facts = OplogFacts {
-        age_seconds: age,
+        age_seconds: f64::from(now.saturating_sub(oldest.time)),
         count,
         recent_entries: None,
         recent_span_seconds: f64::from(RECENT_SPAN),
@@ -440,70 +576,17 @@ async fn oplog_facts(source: &Client, probes: &mut Vec<Probe>) -> Result<OplogFa
         used_bytes: used,
         max_bytes: None,
     };
-    if count_based {
-        facts.max_entries = created_size.map(|s| (s / SECANTUS_BYTES_PER_ENTRY).max(0) as u64);
+    if secantus || (count > 0 && used == Some(0)) {
+        facts.max_entries = max_entries;
     } else {
         facts.max_bytes = max_size.or(created_size).map(|m| m as u64);
-    }
-    if age > f64::from(RECENT_SPAN) {
-        if let Some((n, span)) = recent_entries(&oplog, now).await {
-            facts.recent_entries = Some(n);
-            facts.recent_span_seconds = span;
-        }
     }
     Ok(facts)
 }
 
-/// The newest entries the recent-rate scan reads at most, and the longest it reads.
-const RECENT_SCAN_ENTRIES: u64 = 200_000;
-const RECENT_SCAN_TIME: Duration = Duration::from_secs(2);
-
-/// The source's recent writes: the newest oplog entries read backwards (their `ts` only) until
-/// one is older than `RECENT_SPAN` seconds or the scan's budget is spent. Returns the entries
-/// read and the seconds they span. Bounded on purpose: counting the span with a filter reads
-/// every entry of the oplog (the whole oplog, 1 MB documents and all: 50 s for 3 GB), and the
-/// user waits for the preflight before the start is answered.
-async fn recent_entries(oplog: &mongodb::Collection<Document>, now: u32) -> Option<(u64, f64)> {
-    let since = now.saturating_sub(RECENT_SPAN);
-    let t0 = Instant::now();
-    let mut cur = oplog
-        .find(doc! {})
-        .sort(doc! {"$natural": -1})
-        .projection(doc! {"ts": 1, "_id": 0})
-        .batch_size(10_000)
-        .max_time(RECENT_SCAN_TIME * 2)
-        .await
-        .ok()?;
-    let mut n = 0u64;
-    let mut oldest_seen = now;
-    let mut crossed = false;
-    while let Ok(Some(d)) = cur.try_next().await {
-        let Ok(ts) = d.get_timestamp("ts") else {
-            continue;
-        };
-        if ts.time < since {
-            crossed = true;
-            break;
-        }
-        n += 1;
-        oldest_seen = ts.time;
-        if n >= RECENT_SCAN_ENTRIES || t0.elapsed() >= RECENT_SCAN_TIME {
-            break;
-        }
-    }
-    if n == 0 && !crossed {
-        // Nothing read (the cursor failed): no measurement, not a rate of zero.
-        return None;
-    }
-    Some((
-        n,
-        checks::scanned_span(now, oldest_seen, crossed, RECENT_SPAN),
-    ))
-}
-
 /// Create, write, index, modify and drop a scratch collection in the target's `mongoferry`
 /// database; list the selected databases.
-async fn target_probes(target: &Client, capped: bool) -> Vec<Probe> {
+async fn target_probes(target: &Client, _opts: &Options) -> Vec<Probe> {
     let db = target.database(META_DB);
     let name = format!(
         "preflight_{}_{}",
@@ -559,15 +642,6 @@ async fn target_probes(target: &Client, capped: bool) -> Vec<Probe> {
         format!("remove on {META_DB}"),
         run(doc! {"delete": &name, "deletes": [{"q": {}, "limit": 0}]}).await,
     ));
-    if capped {
-        let c = format!("{name}_capped");
-        out.push(probe(
-            format!("create capped {META_DB}.{c}"),
-            format!("convertToCapped on {META_DB}"),
-            run(doc! {"create": &c, "capped": true, "size": 4096_i64}).await,
-        ));
-        let _ = run(doc! {"drop": &c}).await;
-    }
     out.push(probe(
         format!("drop {ns}"),
         format!("dropCollection on {META_DB}"),
@@ -576,21 +650,62 @@ async fn target_probes(target: &Client, capped: bool) -> Vec<Probe> {
     out
 }
 
-/// Selected collections that already hold documents on the target.
+/// Create and drop a capped scratch collection in the target's `mongoferry` database (the
+/// privilege to create capped collections).
+async fn capped_probe(target: &Client) -> Vec<Probe> {
+    let db = target.database(META_DB);
+    let c = format!(
+        "preflight_{}_{}_capped",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let r = db
+        .run_command(doc! {"create": &c, "capped": true, "size": 4096_i64})
+        .await
+        .map(|_| ());
+    let _ = db.run_command(doc! {"drop": &c}).await;
+    vec![probe(
+        format!("create capped {META_DB}.{c}"),
+        format!("convertToCapped on {META_DB}"),
+        r,
+    )]
+}
+
+/// Selected collections that already hold documents on the target (counted within the
+/// budget; beyond it, "holds documents").
 async fn occupied(
     target: &Client,
     selected: &[(String, String)],
     opts: &Options,
     probes: &mut Vec<Probe>,
 ) -> Option<Vec<Occupied>> {
-    let mut dbs: Vec<&String> = selected.iter().map(|(d, _)| d).collect();
+    let mut dbs: Vec<String> = selected.iter().map(|(d, _)| d.clone()).collect();
     dbs.sort();
     dbs.dedup();
-    let mut out = Vec::new();
+    let listed: Vec<_> = futures::stream::iter(dbs)
+        .map(|db| {
+            let t = target.clone();
+            async move {
+                let names = t.database(&db).list_collection_names().await;
+                (db, names)
+            }
+        })
+        .buffered(SIZE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut present = Vec::new();
     let mut complete = true;
-    for db in dbs {
-        let names = match target.database(db).list_collection_names().await {
-            Ok(n) => n,
+    for (db, names) in listed {
+        match names {
+            Ok(names) => present.extend(
+                selected
+                    .iter()
+                    .filter(|(d, c)| *d == db && names.contains(c))
+                    .cloned(),
+            ),
             Err(e) => {
                 probes.push(probe(
                     format!("listCollections on target {db}"),
@@ -598,30 +713,42 @@ async fn occupied(
                     Err(e),
                 ));
                 complete = false;
-                continue;
-            }
-        };
-        for (_, coll) in selected
-            .iter()
-            .filter(|(d, c)| d == db && names.contains(c))
-        {
-            let n = target
-                .database(db)
-                .collection::<Document>(coll)
-                .estimated_document_count()
-                .await
-                .unwrap_or(0);
-            if n > 0 {
-                let ns = format!("{db}.{coll}");
-                out.push(Occupied {
-                    owned: opts.owned.contains(&ns),
-                    ns,
-                    documents: n,
-                });
             }
         }
     }
-    complete.then_some(out)
+    let deadline = Instant::now() + SIZE_BUDGET;
+    let counted: Vec<Option<Occupied>> = futures::stream::iter(present)
+        .map(|(db, coll): (String, String)| async move {
+            let c = target.database(&db).collection::<Document>(&coll);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = match c
+                .estimated_document_count()
+                .max_time(left.max(Duration::from_millis(1)))
+                .await
+            {
+                Ok(0) => return None,
+                Ok(n) => Some(n),
+                // Not counted in time: does it hold anything?
+                Err(_) => {
+                    c.find_one(doc! {})
+                        .projection(doc! {"_id": 1})
+                        .await
+                        .ok()
+                        .flatten()?;
+                    None
+                }
+            };
+            let ns = format!("{db}.{coll}");
+            Some(Occupied {
+                owned: opts.owned.contains(&ns),
+                ns,
+                documents: n,
+            })
+        })
+        .buffered(SIZE_CONCURRENCY)
+        .collect()
+        .await;
+    complete.then(|| counted.into_iter().flatten().collect())
 }
 
 async fn metadata(target: &Client) -> Option<MetadataFacts> {
@@ -644,7 +771,8 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     out
 }
 
-/// Gather every fact. Never fails: what cannot be learned is recorded as such.
+/// Gather every fact. Never fails: what cannot be learned is recorded as such. Both sides
+/// at once; on each, the independent parts at once.
 pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
     let (mut src, mut dst) = tokio::join!(reach(source), reach(target));
     let mut facts = Facts {
@@ -662,24 +790,48 @@ pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
         occupied: None,
         metadata: None,
     };
-    if src.reach == Reach::Connected {
-        // The three are independent; at once, since each can take seconds on a large source
-        // (on SecantusDB `collStats` reads the whole collection).
+    let (src_ok, dst_ok) = (src.reach == Reach::Connected, dst.reach == Reach::Connected);
+    let source_side = async {
+        if !src_ok {
+            return None;
+        }
         let t0 = Instant::now();
         let mut sel_probes = Vec::new();
         let mut oplog_probes = Vec::new();
-        let (sel, stream, oplog) = tokio::join!(
+        let oplog = async {
+            let (stream, newest) = timed("change stream", probe_change_stream(source)).await;
+            let o = timed(
+                "oplog",
+                oplog_facts(source, newest.as_ref(), &mut oplog_probes),
+            )
+            .await;
+            (stream, o)
+        };
+        let (sel, (stream, oplog)) = tokio::join!(
             timed("namespaces", list_selection(source, opts, &mut sel_probes)),
-            timed("change stream", probe_change_stream(source)),
-            timed("oplog", oplog_facts(source, &mut oplog_probes)),
+            oplog,
         );
         debug!(
             seconds = t0.elapsed().as_secs_f64(),
             "preflight: source facts gathered"
         );
-        src.probes.extend(sel_probes);
-        src.probes.push(stream);
-        src.probes.extend(oplog_probes);
+        sel_probes.push(stream);
+        sel_probes.extend(oplog_probes);
+        Some((sel, sel_probes, oplog))
+    };
+    let target_side = async {
+        if !dst_ok {
+            return None;
+        }
+        let (probes, meta) = tokio::join!(
+            timed("target probes", target_probes(target, opts)),
+            timed("target metadata", metadata(target)),
+        );
+        Some((probes, meta))
+    };
+    let (src_facts, dst_facts) = tokio::join!(source_side, target_side);
+    if let Some((sel, probes, oplog)) = src_facts {
+        src.probes.extend(probes);
         match oplog {
             Ok(o) => facts.oplog = Some(o),
             Err(e) => facts.oplog_error = Some(e),
@@ -689,14 +841,18 @@ pub async fn gather(source: &Client, target: &Client, opts: &Options) -> Facts {
         facts.estimate = sel.estimate;
         facts.unsupported = sel.unsupported;
     }
-    if dst.reach == Reach::Connected {
-        dst.probes = timed("target probes", target_probes(target, facts.capped)).await;
+    if let Some((probes, meta)) = dst_facts {
+        dst.probes = probes;
+        facts.metadata = meta;
+        // Needs the selection: after it.
         facts.occupied = timed(
             "target namespaces",
             occupied(target, &facts.selected, opts, &mut dst.probes),
         )
         .await;
-        facts.metadata = timed("target metadata", metadata(target)).await;
+        if facts.capped {
+            dst.probes.extend(capped_probe(target).await);
+        }
     }
     facts.source = src;
     facts.target = dst;

@@ -9,6 +9,7 @@
 pub mod checks;
 pub mod gather;
 pub mod privileges;
+pub mod token;
 
 use mongodb::Client;
 
@@ -152,7 +153,11 @@ pub fn evaluate(f: &Facts, opts: &Options) -> PreflightReport {
         ));
     }
     match (&f.oplog, &f.oplog_error) {
-        (Some(o), _) => out.push(checks::oplog_check(o, f.estimate.copy_seconds)),
+        (Some(o), _) => {
+            let mut c = checks::oplog_check(o, f.estimate.copy_seconds);
+            c.reason.push_str(&checks::unsized_note(&f.estimate));
+            out.push(c)
+        }
         (None, Some(e)) => out.push(checks::not_checked("oplogWindow", e)),
         (None, None) => out.push(checks::not_checked(
             "oplogWindow",

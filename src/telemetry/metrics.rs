@@ -24,6 +24,17 @@ pub struct Metrics {
     pub flush_ops: Histogram,
     pub ddl_applied: IntCounterVec,
     pub refetches: IntCounter,
+    /// Source transactions applied, each as one target transaction.
+    pub txns_applied: IntCounter,
+    /// Source transactions applied operation by operation (too large for one target
+    /// transaction): the documented exception to atomic transactions.
+    pub txns_split: IntCounter,
+    /// Source transactions taken as complete after waiting (`repl::OPEN_TXN_WAIT`) without
+    /// proof from the change stream (SecantusDB's Rust server only).
+    pub txns_unproven: IntCounter,
+    pub txn_ops: Histogram,
+    /// Time an applier waited for other appliers before committing a transaction.
+    pub txn_barrier: Histogram,
     pub errors: IntCounterVec,
     pub state: IntGaugeVec,
     pub verify_documents: IntCounter,
@@ -89,6 +100,26 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(flush_ops.clone()))
+            .expect("unique metric");
+        let txn_ops = Histogram::with_opts(
+            HistogramOpts::new(
+                "mongoferry_transaction_operations",
+                "Operations per source transaction applied",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(txn_ops.clone()))
+            .expect("unique metric");
+        let txn_barrier = Histogram::with_opts(
+            HistogramOpts::new(
+                "mongoferry_transaction_barrier_seconds",
+                "Time an applier waited for the appliers owning a transaction's other documents before committing it",
+            )
+            .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(txn_barrier.clone()))
             .expect("unique metric");
         let ddl_applied = IntCounterVec::new(
             Opts::new(
@@ -171,6 +202,23 @@ impl Metrics {
                 "refetches_total",
                 "Update events applied by re-reading the document from the source",
             ),
+            txns_applied: counter(
+                &r,
+                "transactions_applied_total",
+                "Source transactions applied, each as one target transaction",
+            ),
+            txns_split: counter(
+                &r,
+                "transactions_split_total",
+                "Source transactions too large for one target transaction, applied operation by operation",
+            ),
+            txns_unproven: counter(
+                &r,
+                "transactions_unproven_total",
+                "Source transactions taken as complete after the wait, without proof from the change stream",
+            ),
+            txn_ops,
+            txn_barrier,
             verify_documents: counter(
                 &r,
                 "verify_documents_total",

@@ -44,7 +44,7 @@ const BATCH_BYTES: u64 = 4 * MIB;
 /// Seeded workload generators of the mixed apply row (each is sequential: one write per
 /// request).
 const MIXED_GENERATORS: u32 = 16;
-const SECTIONS: &[&str] = &["copy", "apply", "memory", "scale", "operator"];
+const SECTIONS: &[&str] = &["copy", "apply", "txn", "memory", "scale", "operator"];
 
 struct Opts {
     quick: bool,
@@ -1079,6 +1079,200 @@ async fn bench_apply(sz: &Sizes, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// Write `units` units of 4 `$inc` updates on distinct accounts (`transfers`), from 4
+/// writers; with `in_txn`, every other unit is one transaction (half of the operations).
+/// The operations written.
+async fn txn_backlog(c: &Client, units: u64, in_txn: bool, seed: u64) -> Res<u64> {
+    use mongoferry_e2e::transfers::{collection_of, ACCOUNTS, BANK_DB};
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed + t);
+            let db = c.database(BANK_DB);
+            let mut ops = 0u64;
+            let mut u = t;
+            while u < units {
+                let mut ids: Vec<i64> = Vec::with_capacity(4);
+                while ids.len() < 4 {
+                    let i = rng.random_range(0..ACCOUNTS);
+                    if !ids.contains(&i) {
+                        ids.push(i);
+                    }
+                }
+                let txn = in_txn && u % 2 == 0;
+                let mut s = c.start_session().await?;
+                // A transaction that meets another's write (a write conflict) runs again.
+                for attempt in 0.. {
+                    if txn {
+                        s.start_transaction().await?;
+                    }
+                    let mut r = Ok(());
+                    for (k, i) in ids.iter().enumerate() {
+                        let d = if k % 2 == 0 { 1 } else { -1 };
+                        let coll = db.collection::<Document>(collection_of(*i));
+                        let up = coll.update_one(doc! {"_id": i}, doc! {"$inc": {"balance": d}});
+                        r = if txn {
+                            up.session(&mut s).await.map(|_| ())
+                        } else {
+                            // Outside transactions, an update that meets a transaction's
+                            // write is retried on its own.
+                            let mut r = up.await.map(|_| ());
+                            for _ in 0..20 {
+                                if r.is_ok() {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                r = coll
+                                    .update_one(doc! {"_id": i}, doc! {"$inc": {"balance": d}})
+                                    .await
+                                    .map(|_| ());
+                            }
+                            r
+                        };
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    if txn && r.is_ok() {
+                        r = s.commit_transaction().await;
+                    }
+                    match r {
+                        Ok(()) => break,
+                        Err(e) if txn && attempt < 20 => {
+                            let _ = s.abort_transaction().await;
+                            if !e.contains_label("TransientTransactionError") {
+                                return Err(e);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                ops += 4;
+                u += 4;
+            }
+            Ok::<u64, mongodb::error::Error>(ops)
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.map_err(|e| e.to_string())??;
+    }
+    // The backlog ends with a write outside transactions, as a live source keeps writing:
+    // otherwise a transaction aborted last (a write conflict, retried) leaves the source's
+    // clock past the last event, and the last transactions wait `OPEN_TXN_WAIT` (5 s) before
+    // they are taken as complete — a tail of latency, not of throughput.
+    c.database(mongoferry_e2e::transfers::BANK_DB)
+        .collection::<Document>("a")
+        .update_one(doc! {"_id": 0}, doc! {"$inc": {"balance": 1}})
+        .await?;
+    Ok(n + 1)
+}
+
+/// Drain a backlog built while paused: (events applied, seconds from resume to caught up).
+async fn drain(w: &WorkerProcess, expected: u64) -> Res<(u64, f64)> {
+    let a0 = w.status().await["eventsApplied"].as_u64().unwrap_or(0);
+    let t0 = Instant::now();
+    let a = w.post("/resume", json!({})).await;
+    if a.code != 200 {
+        return Err(format!("resume refused: {:?}", a.body).into());
+    }
+    loop {
+        let s = w.status().await;
+        let ap = s["eventsApplied"].as_u64().unwrap_or(0) - a0;
+        if s["state"] == "running"
+            && ap >= expected
+            && s["lagTimeSeconds"].as_f64().is_some_and(|l| l < 0.5)
+        {
+            return Ok((ap, t0.elapsed().as_secs_f64()));
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            return Err(format!("drain: {ap} of {expected} events after 900 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Apply throughput of a transaction-heavy load (half of the operations in transactions of
+/// 4 updates) against the same operations without transactions: each a backlog built while
+/// the worker is paused, drained after resume, both in this run (plain first, then with
+/// transactions, then plain again; the ratio is against the mean of the two plain drains).
+async fn bench_txn(sz: &Sizes, rep: &mut Report) -> Res<()> {
+    use mongoferry_e2e::transfers::seed_accounts;
+    let src = source_server().await?;
+    let dst = server().await?;
+    let sc = src.client();
+    seed_accounts(&sc).await;
+    let w = worker(&src, &dst).await;
+    start(&w, json!({"includeNamespaces": ["bank.*"]})).await?;
+    w.wait_caught_up(1.0, Duration::from_secs(600)).await;
+    let units: u64 = if sz.apply_window.as_secs() < 10 {
+        2_000
+    } else {
+        10_000
+    };
+    let mut rates = Vec::new();
+    let mut rows = Vec::new();
+    for (k, in_txn) in [false, true, false].into_iter().enumerate() {
+        eprintln!(
+            "bench: txn/{}",
+            if in_txn { "transactions" } else { "plain" }
+        );
+        let a = w.post("/pause", json!({})).await;
+        if a.code != 200 {
+            return Err(format!("pause refused: {:?}", a.body).into());
+        }
+        w.wait_state("paused", Duration::from_secs(120)).await;
+        let txns0 = w.metric("mongoferry_transactions_applied_total").await;
+        let flushes0 = w.metric("mongoferry_flush_operations_count").await;
+        let barriers0 = w
+            .metric("mongoferry_transaction_barrier_seconds_count")
+            .await;
+        let ops = txn_backlog(&sc, units, in_txn, 500 + k as u64).await?;
+        let l0 = load();
+        let (events, secs) = drain(&w, ops).await?;
+        let txns = w.metric("mongoferry_transactions_applied_total").await - txns0;
+        let flushes = w.metric("mongoferry_flush_operations_count").await - flushes0;
+        let barriers = w
+            .metric("mongoferry_transaction_barrier_seconds_count")
+            .await
+            - barriers0;
+        let barrier_secs = w.metric("mongoferry_transaction_barrier_seconds_sum").await;
+        let rate = events as f64 / secs;
+        rates.push(rate);
+        rows.push(
+            json!({"transactions": in_txn, "operations": ops, "events": events,
+            "seconds": secs, "eventsPerSec": rate, "transactionsApplied": txns,
+            "flushes": flushes, "batchesThatWaited": barriers, "barrierSecondsTotal": barrier_secs,
+            "loadAverage": [l0, load()]}),
+        );
+        rep.summary.push(format!(
+            "txn {}: {events} events in {secs:.1} s = {rate:.0} events/s ({txns} transactions applied, {flushes} target batches, {barriers} waited for barriers)",
+            if in_txn { "half in transactions" } else { "no transactions" }
+        ));
+    }
+    let plain = (rates[0] + rates[2]) / 2.0;
+    let ratio = rates[1] / plain;
+    let md = format!(
+        "| load ({units} units of 4 `$inc` updates on 1,000 accounts, 4 writers) | events | drain | events applied/s | target batches |\n|---|---|---|---|---|\n\
+         | no transactions (before) | {} | {:.1} s | {:.0} | {} |\n\
+         | half of the operations in transactions of 4 | {} | {:.1} s | {:.0} | {} |\n\
+         | no transactions (after) | {} | {:.1} s | {:.0} | {} |\n\n\
+         **Ratio** with transactions / without (mean of the two plain drains): **{ratio:.2}**. Each \
+         backlog built while the worker is paused, drained after resume (resume → caught up and \
+         every event applied).\n",
+        rows[0]["events"], rows[0]["seconds"].as_f64().unwrap_or(0.0), rates[0], rows[0]["flushes"],
+        rows[1]["events"], rows[1]["seconds"].as_f64().unwrap_or(0.0), rates[1], rows[1]["flushes"],
+        rows[2]["events"], rows[2]["seconds"].as_f64().unwrap_or(0.0), rates[2], rows[2]["flushes"],
+    );
+    rep.summary
+        .push(format!("txn ratio (transactions / plain): {ratio:.2}"));
+    rep.section("Transactions (apply throughput)", &md);
+    rep.json
+        .insert("txn".into(), json!({"runs": rows, "ratio": ratio}));
+    Ok(())
+}
+
 async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
     let src = source_server().await?;
     let sc = src.client();
@@ -1488,6 +1682,11 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
     if on("apply") {
         if let Err(e) = bench_apply(&sz, &mut rep).await {
             failures.push(format!("apply: {e}"));
+        }
+    }
+    if on("txn") {
+        if let Err(e) = bench_txn(&sz, &mut rep).await {
+            failures.push(format!("txn: {e}"));
         }
     }
     let mut per_gb = Vec::new();

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::super::ctx::Ctx;
-use super::super::error::{EngineError, Result, Side};
+use super::super::error::{EngineError, Result};
 use super::super::filter::NamespaceFilter;
 use super::super::store::{Checkpoint, CollectionEntry};
 use super::super::tuning::Tuning;
@@ -34,7 +34,9 @@ pub async fn build(
         let mut c = cp.lock().await;
         if c.start_ts.is_none() {
             // Replication starts here: taken before listing, so nothing is missed.
-            c.start_ts = Some(super::super::conn::cluster_time(&ctx.source, Side::Source).await?);
+            let (ts, token) = super::super::conn::stream_position(&ctx.source).await?;
+            c.start_ts = Some(ts);
+            c.start_token = token;
             ctx.store.save(&mut c).await?;
         }
     }

@@ -4,7 +4,7 @@
 
 pub mod build;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
@@ -37,43 +37,111 @@ const COPIED_OPTIONS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub entry: CollectionEntry,
-    /// Why the collection is not migrated, if it is not (time-series, …).
+    /// Why the collection is not migrated, if it is not (time-series, a system collection…).
     pub unsupported: Option<String>,
+    /// A `system.*` collection the patterns name: never migrated, listed to be reported.
+    pub system: bool,
 }
 
-/// List the selected collections and views of the source.
-pub async fn list_selected(source: &Client, filter: &NamespaceFilter) -> Result<Vec<Listed>> {
+/// The source's selection: the one listing that both the preflight and the copy use.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Selected collections and views in listing order (views after the collections they
+    /// may be defined on, as the server lists them), with the system collections the
+    /// patterns name.
+    pub listed: Vec<Listed>,
+    /// Databases whose collections could not be listed, with why.
+    pub unlisted: Vec<(String, EngineError)>,
+}
+
+/// Databases listed at once.
+const LIST_CONCURRENCY: usize = 8;
+
+/// List the selected collections and views of the source: `listDatabases` (names only) and
+/// one `listCollections` per selected database — metadata only, on every server. Fails only
+/// when the databases cannot be listed; a database whose collections cannot be listed is
+/// reported in `unlisted`.
+pub async fn list_selection(source: &Client, filter: &NamespaceFilter) -> Result<Selection> {
     let dbs = source
         .list_database_names()
         .await
         .on(Side::Source, "listing databases")?;
-    let mut out = Vec::new();
-    for db in dbs.into_iter().filter(|d| filter.database_selected(d)) {
-        let specs = list_collection_specs(source, &db).await?;
-        for spec in specs {
-            let name = spec.get_str("name").unwrap_or_default().to_string();
-            if !filter.selected(&db, &name) {
+    let dbs: Vec<String> = dbs
+        .into_iter()
+        .filter(|d| filter.database_selected(d))
+        .collect();
+    let listed: Vec<(String, Result<Vec<Document>>)> = futures::stream::iter(dbs)
+        .map(|db| async move {
+            let specs = list_collection_specs(source, &db).await;
+            (db, specs)
+        })
+        .buffered(LIST_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = Selection::default();
+    for (db, specs) in listed {
+        let specs = match specs {
+            Ok(s) => s,
+            Err(e) => {
+                out.unlisted.push((db, e));
                 continue;
             }
-            let kind = spec.get_str("type").unwrap_or("collection").to_string();
-            let options = spec.get_document("options").cloned().unwrap_or_default();
-            let unsupported = unsupported_reason(&kind, &name, &options);
-            let capped = options.get_bool("capped").unwrap_or(false);
-            out.push(Listed {
-                entry: CollectionEntry {
-                    ns: format!("{db}.{name}"),
-                    db: db.clone(),
-                    coll: name,
-                    kind,
-                    options,
-                    capped,
-                    ..Default::default()
-                },
-                unsupported,
-            });
+        };
+        for spec in specs {
+            if let Some(l) = listed_entry(&db, &spec, filter) {
+                out.listed.push(l);
+            }
         }
     }
     Ok(out)
+}
+
+/// The catalog's view of one `listCollections` spec of `db`, if the filter selects it (or
+/// names it, for a system collection). Pure.
+pub fn listed_entry(db: &str, spec: &Document, filter: &NamespaceFilter) -> Option<Listed> {
+    let name = spec.get_str("name").unwrap_or_default().to_string();
+    let kind = spec.get_str("type").unwrap_or("collection").to_string();
+    let options = spec.get_document("options").cloned().unwrap_or_default();
+    let system = name.starts_with("system.");
+    let unsupported = if system {
+        // `system.views` holds the views (migrated as views); buckets belong to time series
+        // (reported with their collection).
+        if name == "system.views"
+            || name.starts_with("system.buckets.")
+            || !filter.patterns_match(db, &name)
+        {
+            return None;
+        }
+        Some("system collection".to_string())
+    } else {
+        if !filter.selected(db, &name) {
+            return None;
+        }
+        unsupported_reason(&kind, &name, &options)
+    };
+    let capped = options.get_bool("capped").unwrap_or(false);
+    Some(Listed {
+        entry: CollectionEntry {
+            ns: format!("{db}.{name}"),
+            db: db.to_string(),
+            coll: name,
+            kind,
+            options,
+            capped,
+            ..Default::default()
+        },
+        unsupported,
+        system,
+    })
+}
+
+/// List the selected collections and views of the source (system collections left out).
+pub async fn list_selected(source: &Client, filter: &NamespaceFilter) -> Result<Vec<Listed>> {
+    let sel = list_selection(source, filter).await?;
+    if let Some((_, e)) = sel.unlisted.into_iter().next() {
+        return Err(e);
+    }
+    Ok(sel.listed.into_iter().filter(|l| !l.system).collect())
 }
 
 /// Why a listed collection is not migrated, if it is not. Pure.
@@ -131,6 +199,58 @@ pub async fn estimate(source: &Client, db: &str, coll: &str) -> Result<(i64, i64
     }
     Ok(out)
 }
+
+/// [`estimate`] answered by `deadline`, or `None`: the server took longer (it reads the
+/// collection to size it, as SecantusDB does; mongod answers from its metadata). Every command
+/// carries the time left as `maxTimeMS`, so the server stops too.
+pub async fn estimate_by(
+    source: &Client,
+    db: &str,
+    coll: &str,
+    deadline: std::time::Instant,
+) -> Result<Option<(i64, i64)>> {
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis()
+            .max(1) as i64
+    };
+    let d = source.database(db);
+    let stats = match d
+        .run_command(doc! {"collStats": coll, "maxTimeMS": left()})
+        .await
+    {
+        Ok(s) => s,
+        Err(e) if mongo_code(&e) == Some(MAX_TIME_EXPIRED) => return Ok(None),
+        Err(e) => return Err(EngineError::mongo(Side::Source, "sizing a collection", e)),
+    };
+    let (size, count) = (num(stats.get("size")), num(stats.get("count")));
+    if count == 0 || size > 0 {
+        return Ok(Some((size, count)));
+    }
+    // The server keeps no statistics: measure, within what is left.
+    let r = d
+        .collection::<Document>(coll)
+        .aggregate(vec![doc! {"$group": {
+            "_id": Bson::Null, "n": {"$sum": 1}, "b": {"$sum": {"$bsonSize": "$$ROOT"}}
+        }}])
+        .max_time(std::time::Duration::from_millis(left() as u64))
+        .await;
+    let mut cur = match r {
+        Ok(c) => c,
+        Err(e) if mongo_code(&e) == Some(MAX_TIME_EXPIRED) => return Ok(None),
+        Err(e) => return Err(EngineError::mongo(Side::Source, "sizing a collection", e)),
+    };
+    match cur.try_next().await {
+        Ok(Some(r)) => Ok(Some((num(r.get("b")), num(r.get("n"))))),
+        Ok(None) => Ok(Some((0, 0))),
+        Err(e) if mongo_code(&e) == Some(MAX_TIME_EXPIRED) => Ok(None),
+        Err(e) => Err(EngineError::mongo(Side::Source, "sizing a collection", e)),
+    }
+}
+
+/// MaxTimeMSExpired.
+const MAX_TIME_EXPIRED: i32 = 50;
 
 /// The `create` command for a catalog entry on the target. Pure.
 pub fn create_command(e: &CollectionEntry) -> Document {
@@ -368,6 +488,22 @@ mod tests {
             .unwrap_or_default()
             .contains("queryable-encryption"));
         assert!(unsupported_reason("collection", "enxcol_.p.esc", &none).is_some());
+    }
+
+    #[test]
+    fn the_selection_is_one_rule_for_preflight_and_copy() {
+        let f = NamespaceFilter::new(&["app.*".into()], &["app.skip".into()]).expect("filter");
+        let spec = |name: &str| doc! {"name": name, "type": "collection", "options": {}};
+        assert!(listed_entry("app", &spec("orders"), &f)
+            .is_some_and(|l| l.unsupported.is_none() && !l.system && l.entry.ns == "app.orders"));
+        assert!(listed_entry("app", &spec("skip"), &f).is_none());
+        assert!(listed_entry("other", &spec("orders"), &f).is_none());
+        // System collections the patterns name are listed to be reported, never copied.
+        let js = listed_entry("app", &spec("system.js"), &f).expect("reported");
+        assert!(js.system && js.unsupported.is_some());
+        assert!(listed_entry("app", &spec("system.views"), &f).is_none());
+        let ts = doc! {"name": "t", "type": "timeseries", "options": {}};
+        assert!(listed_entry("app", &ts, &f).is_some_and(|l| l.unsupported.is_some()));
     }
 
     #[test]

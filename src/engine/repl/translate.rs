@@ -1,6 +1,7 @@
 //! Change event → target write translation. Pure: no I/O, exhaustively unit-tested.
 //!
-//! Inserts and replaces become replace-with-upsert (idempotent on replay); updates become
+//! Inserts become inserts (a replacement where the document is already there: a replay) and
+//! replaces replace-with-upsert (idempotent on replay); updates become
 //! `$set`/`$unset` (after any array truncation); deletes delete. An update whose paths cannot
 //! be written as dotted paths (field names with `.` or a `$` prefix) becomes a re-read of the
 //! document from the source.
@@ -10,6 +11,12 @@ use mongodb::bson::{doc, Bson, Document};
 /// One write on the target, addressed by the event's `documentKey`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
+    /// Insert the document (an insert event). Written as an insert where the target does not
+    /// hold the document yet, else as a replacement (an event replayed): same outcome.
+    Insert {
+        filter: Document,
+        doc: Document,
+    },
     /// Replace the document, inserting it if absent.
     Upsert {
         filter: Document,
@@ -32,7 +39,8 @@ pub enum WriteOp {
 impl WriteOp {
     pub fn filter(&self) -> &Document {
         match self {
-            WriteOp::Upsert { filter, .. }
+            WriteOp::Insert { filter, .. }
+            | WriteOp::Upsert { filter, .. }
             | WriteOp::Update { filter, .. }
             | WriteOp::Delete { filter }
             | WriteOp::Refetch { filter } => filter,
@@ -40,8 +48,10 @@ impl WriteOp {
     }
 }
 
-/// What an event asks of the engine.
+/// What an event asks of the engine. (Made once per event and moved on at once: its size
+/// costs nothing a box would save.)
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Translated {
     Crud {
         db: String,
@@ -98,7 +108,14 @@ pub fn translate(ev: &Document) -> Translated {
     };
     let filter = key.clone();
     let op = match op {
-        "insert" | "replace" => match ev.get_document("fullDocument") {
+        "insert" => match ev.get_document("fullDocument") {
+            Ok(d) => WriteOp::Insert {
+                filter,
+                doc: d.clone(),
+            },
+            Err(_) => WriteOp::Refetch { filter },
+        },
+        "replace" => match ev.get_document("fullDocument") {
             Ok(d) => WriteOp::Upsert {
                 filter,
                 doc: d.clone(),
@@ -116,6 +133,17 @@ pub fn translate(ev: &Document) -> Translated {
         },
     };
     Translated::Crud { db, coll, op }
+}
+
+/// The routing key (`key_hash`) of a CRUD event's document, without translating the event.
+pub fn event_key(ev: &Document) -> Option<u64> {
+    let op = ev.get_str("operationType").ok()?;
+    if !matches!(op, "insert" | "replace" | "update" | "delete") {
+        return None;
+    }
+    let (db, coll) = event_ns(ev)?;
+    let key = ev.get_document("documentKey").ok()?;
+    Some(key_hash(&db, &coll?, key))
 }
 
 fn ns_text(ev: &Document) -> String {
@@ -209,19 +237,45 @@ pub fn has_dollar_keys(v: &Bson) -> bool {
     }
 }
 
+/// A document's identity for routing: a hash of namespace and `_id` (BSON bytes: equal
+/// values of one type, equal keys). FNV-1a, so it is the same in every run and every build
+/// (it is saved with applied transactions, see `store::TxnMarker`).
+pub fn key_hash(db: &str, coll: &str, key: &Document) -> u64 {
+    let mut h = Fnv::default();
+    h.write(db.as_bytes());
+    h.write(&[0]);
+    h.write(coll.as_bytes());
+    h.write(&[0]);
+    if let Some(id) = key.get("_id") {
+        if let Ok(bytes) = mongodb::bson::to_vec(&doc! {"k": id}) {
+            h.write(&bytes);
+        }
+    }
+    h.0
+}
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 /// The applier an event goes to: documents keep their order because all events of one
 /// document (namespace + `_id`) hash to the same applier.
 pub fn route(db: &str, coll: &str, key: &Document, workers: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    db.hash(&mut h);
-    coll.hash(&mut h);
-    if let Some(id) = key.get("_id") {
-        if let Ok(bytes) = mongodb::bson::to_vec(&doc! {"k": id}) {
-            bytes.hash(&mut h);
-        }
-    }
-    (h.finish() % workers.max(1) as u64) as usize
+    (key_hash(db, coll, key) % workers.max(1) as u64) as usize
 }
 
 #[cfg(test)]
@@ -236,21 +290,31 @@ mod tests {
     }
 
     #[test]
-    fn insert_and_replace_upsert() {
-        for op in ["insert", "replace"] {
-            let t = translate(&ev(op, doc! {"fullDocument": {"_id": 7, "a": 1}}));
-            assert_eq!(
-                t,
-                Translated::Crud {
-                    db: "app".into(),
-                    coll: "users".into(),
-                    op: WriteOp::Upsert {
-                        filter: doc! {"_id": 7},
-                        doc: doc! {"_id": 7, "a": 1}
-                    }
+    fn insert_inserts_and_replace_upserts() {
+        let t = translate(&ev("insert", doc! {"fullDocument": {"_id": 7, "a": 1}}));
+        assert_eq!(
+            t,
+            Translated::Crud {
+                db: "app".into(),
+                coll: "users".into(),
+                op: WriteOp::Insert {
+                    filter: doc! {"_id": 7},
+                    doc: doc! {"_id": 7, "a": 1}
                 }
-            );
-        }
+            }
+        );
+        let t = translate(&ev("replace", doc! {"fullDocument": {"_id": 7, "a": 1}}));
+        assert_eq!(
+            t,
+            Translated::Crud {
+                db: "app".into(),
+                coll: "users".into(),
+                op: WriteOp::Upsert {
+                    filter: doc! {"_id": 7},
+                    doc: doc! {"_id": 7, "a": 1}
+                }
+            }
+        );
     }
 
     #[test]
@@ -362,6 +426,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn keys_are_the_same_in_every_build() {
+        // Saved with applied transactions: must never change.
+        assert_eq!(key_hash("", "", &Document::new()), 0x0832_8807_b4eb_6fed);
+        assert_ne!(
+            key_hash("a", "bc", &doc! {"_id": 1}),
+            key_hash("ab", "c", &doc! {"_id": 1})
+        );
+        assert_ne!(
+            key_hash("a", "b", &doc! {"_id": 1}),
+            key_hash("a", "b", &doc! {"_id": 1_i64})
+        );
     }
 
     #[test]

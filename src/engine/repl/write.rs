@@ -15,7 +15,9 @@ use tracing::debug;
 
 use super::super::ctx::Ctx;
 use super::super::error::{EngineError, MongoContext, Result, Side};
+use super::super::filter::META_DB;
 use super::super::reply;
+use super::super::store::TXN_MARKERS;
 use super::translate::{self, WriteOp};
 
 /// A statement larger than this is written on its own with the driver's helpers.
@@ -40,6 +42,9 @@ struct NsWrites {
     /// Serialized `update` statements, each with its filter (to re-read the document if the
     /// target refuses the statement).
     updates: Vec<(RawDocumentBuf, Document)>,
+    /// Serialized documents of insert events, with their filters (written with one `insert`
+    /// command; turned into replacements if the target already holds one of them).
+    inserts: Vec<(RawDocumentBuf, Document)>,
     deletes: Vec<Document>,
     /// Written one at a time with the driver's helpers: multi-step updates, replacements with
     /// `$`-prefixed field names, statements too large to share a command.
@@ -50,6 +55,11 @@ struct NsWrites {
 /// A statement the target refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// An insert the target refused (it holds the document already: an event replayed).
+    Insert {
+        round: usize,
+        ns: usize,
+    },
     Update {
         round: usize,
         ns: usize,
@@ -68,6 +78,9 @@ pub struct Plan {
     rounds: Vec<Vec<NsWrites>>,
     refusals: usize,
     pub ops: u64,
+    /// Records of the source transactions in the plan (`store::TxnMarker`), written in the
+    /// same target transaction as one `store::TxnBatch`.
+    pub markers: Vec<RawDocumentBuf>,
 }
 
 /// Split operations into rounds in which every document appears at most once, keeping each
@@ -94,7 +107,23 @@ fn has_dollar_fields(d: &Document) -> bool {
 }
 
 impl NsWrites {
-    fn add(&mut self, op: WriteOp) {
+    fn add(&mut self, op: WriteOp, inserts: bool) {
+        let op = match op {
+            WriteOp::Insert { filter, doc } if inserts => {
+                match RawDocumentBuf::from_document(&doc)
+                    .ok()
+                    .filter(|r| r.as_bytes().len() < BIG_STATEMENT)
+                {
+                    Some(raw) => {
+                        self.inserts.push((raw, filter));
+                        return;
+                    }
+                    None => WriteOp::Upsert { filter, doc },
+                }
+            }
+            WriteOp::Insert { filter, doc } => WriteOp::Upsert { filter, doc },
+            other => other,
+        };
         let (filter, stmt) = match op {
             WriteOp::Upsert { ref doc, .. } if has_dollar_fields(doc) => {
                 // A replacement may not hold `$`-prefixed field names: written alone.
@@ -125,6 +154,7 @@ impl NsWrites {
                 self.refetch.push(filter);
                 return;
             }
+            WriteOp::Insert { .. } => return, // turned into an upsert above
         };
         match RawDocumentBuf::from_document(&stmt)
             .ok()
@@ -163,7 +193,9 @@ pub fn update_command(coll: &str, stmts: &[(RawDocumentBuf, Document)]) -> RawDo
 }
 
 impl Plan {
-    pub fn new(ops: Vec<Op>) -> Plan {
+    /// Plan `ops`; with `inserts`, insert events are written as inserts (else as
+    /// replacements, as when the target may already hold their documents).
+    pub fn new(ops: Vec<Op>, inserts: bool) -> Plan {
         let n = ops.len() as u64;
         let rounds = rounds(ops)
             .into_iter()
@@ -181,7 +213,7 @@ impl Plan {
                             });
                             by_ns.len() - 1
                         });
-                    by_ns[i].add(o.op);
+                    by_ns[i].add(o.op, inserts);
                 }
                 by_ns
             })
@@ -190,6 +222,7 @@ impl Plan {
             rounds,
             refusals: 0,
             ops: n,
+            markers: Vec::new(),
         }
     }
 
@@ -197,10 +230,19 @@ impl Plan {
         self.ops == 0
     }
 
-    /// Re-read the refused statement's document from the source instead of writing it.
+    /// Re-read the refused statement's document from the source instead of writing it; a
+    /// refused insert turns every insert of the plan into a replacement.
     pub fn refetch(&mut self, r: Refused) {
         self.refusals += 1;
         match r {
+            Refused::Insert { .. } => {
+                for w in self.rounds.iter_mut().flatten() {
+                    for (doc, filter) in std::mem::take(&mut w.inserts) {
+                        let stmt = rawdoc! {"q": raw_filter(&filter), "u": doc, "upsert": true};
+                        w.updates.push((stmt, filter));
+                    }
+                }
+            }
             Refused::Update { round, ns, stmt } => {
                 if let Some(w) = self.rounds.get_mut(round).and_then(|r| r.get_mut(ns)) {
                     if stmt < w.updates.len() {
@@ -249,8 +291,46 @@ impl Plan {
                 }
             }
         }
+        if !self.markers.is_empty() {
+            // One record for the batch, holding each transaction's (see `store::TxnBatch`).
+            let what = "recording applied transactions";
+            let mut txns = RawArrayBuf::new();
+            let mut ts: Option<mongodb::bson::Timestamp> = None;
+            for m in &self.markers {
+                if let Ok(t) = m.get_timestamp("ts") {
+                    ts = Some(ts.map_or(t, |u| u.max(t)));
+                }
+                txns.push(m.clone());
+            }
+            let mut rec = rawdoc! {"_id": mongodb::bson::oid::ObjectId::new(), "txns": txns};
+            if let Some(t) = ts {
+                rec.append("ts", t);
+            }
+            let mut docs = RawArrayBuf::new();
+            docs.push(rec);
+            let cmd = rawdoc! {"insert": TXN_MARKERS, "documents": docs, "ordered": true};
+            let reply = ctx
+                .target
+                .database(META_DB)
+                .run_raw_command(cmd)
+                .session(&mut *s)
+                .await
+                .map_err(|e| EngineError::mongo(Side::Target, what, e))?;
+            reply::require_all(&reply, what)?;
+        }
         Ok(Ok(()))
     }
+}
+
+/// Whether the plan holds inserts (a refusal of one turns them all into replacements).
+impl Plan {
+    pub fn has_inserts(&self) -> bool {
+        self.rounds.iter().flatten().any(|w| !w.inserts.is_empty())
+    }
+}
+
+fn raw_filter(filter: &Document) -> RawDocumentBuf {
+    RawDocumentBuf::from_document(filter).unwrap_or_default()
 }
 
 fn is_upsert(stmt: &RawDocumentBuf) -> bool {
@@ -268,6 +348,43 @@ impl NsWrites {
         let name = format!("{}.{}", self.db, self.coll);
         let db = ctx.target.database(&self.db);
         let mut start = 0usize;
+        while start < self.inserts.len() {
+            let (mut end, mut bytes) = (start, 0usize);
+            let mut docs = RawArrayBuf::new();
+            while end < self.inserts.len()
+                && (end == start || bytes + self.inserts[end].0.as_bytes().len() <= COMMAND_BYTES)
+            {
+                bytes += self.inserts[end].0.as_bytes().len();
+                docs.push(self.inserts[end].0.clone());
+                end += 1;
+            }
+            let cmd = rawdoc! {"insert": self.coll.as_str(), "documents": docs, "ordered": false,
+            "bypassDocumentValidation": true};
+            let reply =
+                db.run_raw_command(cmd).session(&mut *s).await.map_err(|e| {
+                    EngineError::mongo(Side::Target, format!("inserting into {name}"), e)
+                });
+            let reply = match reply {
+                Ok(r) => r,
+                // Some servers answer a duplicate key in a transaction with an error of the
+                // command rather than a write error.
+                Err(EngineError::Mongo { source, .. })
+                    if super::super::error::mongo_code(&source) == Some(11000) =>
+                {
+                    return Ok(Err(Refused::Insert { round, ns }));
+                }
+                Err(e) => return Err(e),
+            };
+            if !reply::write_errors(&reply).is_empty() {
+                debug!(ns = %name, "insert refused (a replayed event); writing replacements");
+                return Ok(Err(Refused::Insert { round, ns }));
+            }
+            if let Some(e) = reply::write_concern_error(&reply, &format!("inserting into {name}")) {
+                return Err(e);
+            }
+            start = end;
+        }
+        start = 0;
         while start < self.updates.len() {
             let (mut end, mut bytes) = (start, 0usize);
             while end < self.updates.len()
@@ -335,7 +452,7 @@ async fn write_alone(
     let c = ctx.target.database(db).collection::<Document>(coll);
     let ns = format!("{db}.{coll}");
     match op {
-        WriteOp::Upsert { filter, doc } => {
+        WriteOp::Insert { filter, doc } | WriteOp::Upsert { filter, doc } => {
             put_document(ctx, s, db, coll, filter.clone(), doc.clone()).await?
         }
         WriteOp::Update { filter, updates } => {
@@ -496,7 +613,7 @@ mod tests {
 
     #[test]
     fn a_refused_statement_becomes_a_re_read_and_the_rest_stays() {
-        let mut p = Plan::new(vec![up(1), set(2), set(3)]);
+        let mut p = Plan::new(vec![up(1), set(2), set(3)], true);
         assert_eq!(p.rounds[0][0].updates.len(), 3);
         p.refetch(Refused::Update {
             round: 0,
@@ -519,7 +636,7 @@ mod tests {
     fn many_refusals_re_read_every_plain_update() {
         let mut ops = vec![up(100)];
         ops.extend((0..20).map(set));
-        let mut p = Plan::new(ops);
+        let mut p = Plan::new(ops, true);
         for _ in 0..MAX_REFUSALS {
             p.refetch(Refused::Update {
                 round: 0,
@@ -567,7 +684,7 @@ mod tests {
                 },
             },
         ];
-        let p = Plan::new(ops);
+        let p = Plan::new(ops, true);
         let w = &p.rounds[0][0];
         assert_eq!(w.deletes.len(), 1);
         assert_eq!(w.alone.len(), 2);

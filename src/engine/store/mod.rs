@@ -11,7 +11,7 @@ pub mod lease;
 pub mod records;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, rawdoc, Bson, DateTime, Document};
+use mongodb::bson::{doc, rawdoc, Bson, DateTime, Document, Timestamp};
 use mongodb::options::ReplaceOptions;
 use mongodb::{Client, Collection, Database};
 
@@ -20,7 +20,10 @@ use super::filter::META_DB;
 use batch::{encode, upsert_many};
 use fence::Fence;
 pub use lease::Identity;
-pub use records::{Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, ReverseOrigin};
+pub use records::{
+    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, ReverseOrigin, TxnBatch, TxnMarker,
+    TXN_MARKERS,
+};
 
 const JOB_ID: &str = "job";
 
@@ -130,7 +133,7 @@ impl Store {
     /// Drop every record of the earlier run (collections, partitions, indexes). Part of a
     /// reset, after its namespaces were dropped; the epoch and the lease stay.
     pub async fn clear_records(&self) -> Result<()> {
-        for c in ["collections", "partitions", "indexes"] {
+        for c in ["collections", "partitions", "indexes", TXN_MARKERS] {
             let coll = self.db.collection::<Document>(c);
             self.fence
                 .ddl("clearing the records of the earlier run", async {
@@ -314,6 +317,32 @@ impl Store {
         let what = "saving index definitions";
         let cmd = raw(
             doc! {"delete": "indexes", "deletes": [{"q": filter, "limit": 0}]},
+            what,
+        )?;
+        batch::write(&self.fence, &self.db, vec![cmd], what).await
+    }
+
+    /// The source transactions applied at or after `since` (see `TxnMarker`).
+    pub async fn txn_markers_since(&self, since: Timestamp) -> Result<Vec<TxnMarker>> {
+        let what = "reading the transactions applied";
+        let batches: Vec<TxnBatch> = self
+            .db
+            .collection::<TxnBatch>(TXN_MARKERS)
+            .find(doc! {"ts": {"$gte": since}})
+            .projection(doc! {"_id": 0})
+            .await
+            .on(Side::Target, what)?
+            .try_collect()
+            .await
+            .on(Side::Target, what)?;
+        Ok(batches.into_iter().flat_map(|b| b.txns).collect())
+    }
+
+    /// Forget the transactions applied before `before` (replication never replays them).
+    pub async fn forget_txn_markers(&self, before: Timestamp) -> Result<()> {
+        let what = "forgetting applied transactions";
+        let cmd = raw(
+            doc! {"delete": TXN_MARKERS, "deletes": [{"q": {"ts": {"$lt": before}}, "limit": 0}]},
             what,
         )?;
         batch::write(&self.fence, &self.db, vec![cmd], what).await

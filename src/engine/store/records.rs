@@ -19,12 +19,21 @@ pub struct Checkpoint {
     pub options: StartRequest,
     /// Source cluster time taken before listing: replication starts here.
     pub start_ts: Option<Timestamp>,
+    /// The change stream's resume token taken with `start_ts` (before listing): replication
+    /// resumes after it, which the server finds without reading its oplog. `None` where the
+    /// server gave none (replication then starts at `start_ts`).
+    pub start_token: Option<Document>,
     pub catalog_done: bool,
     pub clone_completed: bool,
     /// Source cluster time when the copy finished: replication past it = consistent.
     pub copy_finish_ts: Option<Timestamp>,
     /// Every event before this op time is durably applied: resume point.
     pub resume_ts: Option<Timestamp>,
+    /// The resume token at `resume_ts`: every event up to and including it is durably
+    /// applied. Replication resumes after it (`resumeAfter`: the server seeks it, and refuses
+    /// with ChangeStreamHistoryLost if its oplog no longer holds it); without one, at
+    /// `resume_ts`.
+    pub resume_token: Option<Document>,
     pub events_applied: i64,
     pub events_read: i64,
     pub estimated_bytes: i64,
@@ -125,4 +134,34 @@ pub struct IndexEntry {
     pub ns: String,
     pub name: String,
     pub spec: Document,
+}
+
+/// Where the records of applied source transactions are kept (one `TxnBatch` per target
+/// transaction that held any).
+pub const TXN_MARKERS: &str = "txns";
+
+/// A source transaction applied, recorded in the same target transaction as its writes:
+/// a restarted worker that replays events from its checkpoint skips the transactions already
+/// applied, and the events of documents such a transaction wrote later, so that no reader of
+/// the target sees a document go back to before a transaction its other documents show.
+/// Records before the checkpoint are forgotten.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TxnMarker {
+    /// `{lsid, n}`: the session and transaction number.
+    #[serde(rename = "_id")]
+    pub id: Document,
+    /// Op time of its last event.
+    pub ts: Option<Timestamp>,
+    /// Routing keys (`repl::translate::key_hash`) of the documents it wrote.
+    pub keys: Vec<i64>,
+}
+
+/// The record of one target transaction holding source transactions: theirs, and the op time
+/// of the latest (the record goes once the checkpoint is past it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TxnBatch {
+    pub ts: Option<Timestamp>,
+    pub txns: Vec<TxnMarker>,
 }
