@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document, Timestamp};
@@ -378,9 +378,13 @@ async fn probe_change_stream(source: &Client) -> (Probe, Option<Document>) {
 
 async fn kill_stream(admin: &mongodb::Database, id: i64) {
     if id != 0 {
-        let _ = admin
+        // Not fatal: an unkilled cursor times out on the server by itself.
+        if let Err(e) = admin
             .run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
-            .await;
+            .await
+        {
+            debug!(error = %e, "cannot kill the probe's change-stream cursor; it times out");
+        }
     }
 }
 
@@ -666,7 +670,12 @@ async fn capped_probe(target: &Client) -> Vec<Probe> {
         .run_command(doc! {"create": &c, "capped": true, "size": 4096_i64})
         .await
         .map(|_| ());
-    let _ = db.run_command(doc! {"drop": &c}).await;
+    if r.is_ok() {
+        if let Err(e) = db.run_command(doc! {"drop": &c}).await {
+            warn!(collection = %format!("{META_DB}.{c}"), error = %e,
+                  "cannot drop the preflight's scratch collection; drop it by hand");
+        }
+    }
     vec![probe(
         format!("create capped {META_DB}.{c}"),
         format!("convertToCapped on {META_DB}"),
