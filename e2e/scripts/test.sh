@@ -25,8 +25,10 @@ tally_cargo() { # log file
 }
 stamp() { while IFS= read -r l; do printf '%(%s)T %s\n' -1 "$l"; done; } # epoch seconds per line
 test_times() { # stamped log: the three longest tests, "name N s"
-    awk '$2 == "test" && $4 == "..." { if (n != "") print n, $1 - s; n = $3; s = $1 }
-         $2 == "test" && $3 == "result:" { if (n != "") print n, $1 - s; n = "" }' "$1" |
+    # A test's "test NAME ... " line is complete (so stamped) when it ends: its time is the
+    # gap to the line before (the "running N tests" line for the first).
+    awk '$2 == "running" { s = $1 }
+         $2 == "test" && $4 == "..." { print $3, $1 - s; s = $1 }' "$1" |
         sort -k2 -nr | head -3 | awk '{ printf "%s%s %d s", (NR > 1 ? ", " : ""), $1, $2 }'
 }
 fail_step() { failed=$((failed + 1)); failures+=("$1"); }
