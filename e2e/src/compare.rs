@@ -287,6 +287,33 @@ pub async fn compare(
     Ok(diffs)
 }
 
+/// [`compare`] again every second until nothing differs, for a target still applying the
+/// source's last writes (a lag of 0 s has one-second resolution); panics with the last
+/// differences once `within` has passed. A lost write never converges.
+pub async fn assert_converges(
+    source: &Client,
+    target: &Client,
+    opts: CompareOptions,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let diffs = compare(source, target, opts.clone())
+            .await
+            .expect("comparator failed to read a deployment");
+        if diffs.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "target still differs from source after {within:?} ({} differences):\n{}",
+            diffs.len(),
+            render(&diffs)
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// [`compare`], panicking with a readable list when anything differs.
 pub async fn assert_same(source: &Client, target: &Client, opts: CompareOptions) {
     let diffs = compare(source, target, opts)
