@@ -326,7 +326,13 @@ async fn reverse_survives_sigkill_at_three_points() {
     let st = w.wait_caught_up(1.0, Duration::from_secs(120)).await;
     assert_eq!(st["direction"], "reverse");
     // Caught up to within a second: the last writes may still be on their way.
-    assert_converges(&new, &old, CompareOptions::relaxed(), Duration::from_secs(30)).await;
+    assert_converges(
+        &new,
+        &old,
+        CompareOptions::relaxed(),
+        Duration::from_secs(30),
+    )
+    .await;
     // 3. During the reverse's finalize.
     assert_eq!(w.post("/finalize", json!({})).await.code, 200);
     let at = w
