@@ -46,6 +46,10 @@ const ENGINE_RANK: &[(&str, u8)] = &[
     ("control", 8),
     ("pipeline", 8),
     ("tests", 8),
+    // A reverse's checks and its preparation of the old source (used by the pipeline).
+    ("reverse", 7),
+    // The worker's pair of jobs: its migration and, after finalize, its reverse.
+    ("reversal", 8),
 ];
 
 fn src() -> PathBuf {

@@ -1,7 +1,8 @@
 use clap::Parser;
 
 use mongoferry::api::{
-    CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, StartRequest, VerifyMode,
+    CloneTuning, FinalizeRequest, ReplicationTuning, ResumeRequest, ReverseRequest, StartRequest,
+    VerifyMode,
 };
 use mongoferry::cli::client::{self, Client};
 use mongoferry::cli::{Cli, OperatorCommand, Verb, VerifyArg};
@@ -134,6 +135,15 @@ async fn dispatch(v: Verb) -> Result<(), Box<dyn std::error::Error>> {
                 block_source_writes: a.block_source_writes,
             };
             print_json(&Client::new(&a.client)?.post("/finalize", &req).await?);
+            Ok(())
+        }
+        Verb::Reverse(a) => {
+            let req = ReverseRequest {
+                force: a.force,
+                skip_preflight: a.skip_preflight,
+                replication: None,
+            };
+            print_json(&Client::new(&a.client)?.post("/reverse", &req).await?);
             Ok(())
         }
         Verb::Status(a) => {

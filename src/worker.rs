@@ -8,6 +8,7 @@ use tracing::{error, info};
 use crate::cli::{EndpointArgs, WorkerArgs};
 use crate::engine::conn::{redact_uri, Endpoint};
 use crate::engine::error::Side;
+use crate::engine::reversal::{Engines, ReverseParts};
 use crate::engine::store::Identity;
 use crate::engine::Engine;
 use crate::telemetry::metrics::Metrics;
@@ -92,12 +93,30 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
         source: source.clone(),
         target: target.clone(),
     });
+    // A reverse (POST /reverse, after finalize) runs the preflight with the roles swapped.
+    let swapped = Arc::new(crate::preflight::Gate {
+        source: target.clone(),
+        target: source.clone(),
+    });
+    let parts = ReverseParts {
+        old_source: source.clone(),
+        new_cluster: target.clone(),
+        metrics: metrics.clone(),
+        me: me.clone(),
+        gate: Some(swapped),
+        throughput_mbps: args.throughput_mbps,
+    };
     let engine = Engine::new(source, target, metrics, me).with_gate(gate, args.throughput_mbps);
     engine.spawn_clock();
+    let engines = Engines::new(engine.clone(), parts);
     {
         let e = engine.clone();
+        let pair = engines.clone();
         let reset = args.reset;
-        tokio::spawn(async move { e.bootstrap(reset).await });
+        tokio::spawn(async move {
+            e.bootstrap(reset).await;
+            pair.resume_reverse_if_any().await;
+        });
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -105,7 +124,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
             addr: args.listen.clone(),
             detail: e.to_string(),
         })?;
-    let app = crate::server::router(engine.clone(), token);
+    let app = crate::server::router(engines.clone(), token);
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -124,7 +143,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    engine.shutdown().await;
+    engines.shutdown().await;
     info!("worker stopped");
     Ok(())
 }

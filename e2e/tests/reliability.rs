@@ -7,9 +7,10 @@ use mongodb::bson::{
     doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Decimal128, Document,
     JavaScriptCodeWithScope, Regex, Timestamp,
 };
-use mongoferry_e2e::compare::{assert_same, CompareOptions};
-use mongoferry_e2e::fixtures::pair;
+use mongoferry_e2e::compare::{assert_converges, assert_same, CompareOptions};
+use mongoferry_e2e::fixtures::{self, pair};
 use mongoferry_e2e::worker::{WorkerOptions, WorkerProcess};
+use mongoferry_e2e::workload::{SizeDistribution, Workload, WorkloadConfig};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -244,6 +245,127 @@ async fn edge_documents_migrate_exactly() {
     .expect("replace");
     w.wait_caught_up(1.0, Duration::from_secs(300)).await;
     assert_same(&c, &dst.client(), CompareOptions::relaxed()).await;
+}
+
+/// Issue 17, acceptance 3: a reverse (rollback of a finalized migration) survives SIGKILL of
+/// its worker at three points — right after it started, while replicating under writes, and
+/// during its finalize: each time the restarted worker finds the reverse on the old source
+/// and resumes it; the old source ends equal to the new cluster, verified with 0 mismatches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_survives_sigkill_at_three_points() {
+    let t0 = Instant::now();
+    let (src, dst) = pair().await;
+    let (old, new) = (src.client(), dst.client());
+    for j in 0..2 {
+        fixtures::seed(
+            &old,
+            "wl_app",
+            &format!("c{j}"),
+            1_000,
+            SizeDistribution::Realistic { max: 4096 },
+            j,
+            1_000,
+        )
+        .await;
+    }
+    // Test workers run with a 5 s lease (e2e/src/worker.rs): each restart waits it out.
+    let mut w = fixtures::worker(&src, &dst).await;
+    w.start_migration(json!({})).await;
+    w.wait_caught_up(2.0, Duration::from_secs(120)).await;
+    assert_eq!(w.post("/finalize", json!({})).await.code, 200);
+    w.wait_state("finalized", Duration::from_secs(120)).await;
+    let cfg = |seed| WorkloadConfig {
+        seed,
+        ddl: true,
+        max_doc_bytes: 2048,
+        preload_ids: 2_000,
+        ..Default::default()
+    };
+    let before = Workload::new(cfg(7)).run_ops(&new, 1_500).await;
+    assert_eq!(before.errors, 0, "{:?}", before.error_samples);
+    let a = w.post("/reverse", json!({})).await;
+    assert_eq!(a.code, 200, "{:#}", a.body);
+    let resumed = |st: &serde_json::Value| {
+        st["direction"] == "reverse"
+            && matches!(
+                st["state"].as_str(),
+                Some("running" | "finalizing" | "finalized")
+            )
+    };
+    // 1. Right after the start (preparing the old source, first events).
+    w.restart().await;
+    let t = Instant::now();
+    let st = w
+        .wait_for("the reverse resumed", Duration::from_secs(60), resumed)
+        .await;
+    println!(
+        "kill 1 (just started): resumed in {:.1}s ({})",
+        t.elapsed().as_secs_f64(),
+        st["state"]
+    );
+    // 2. While replicating under writes.
+    let wl = Workload::spawn(
+        new.clone(),
+        WorkloadConfig {
+            ops_per_sec: Some(200),
+            ..cfg(8)
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.restart().await;
+    let t = Instant::now();
+    w.wait_for("the reverse resumed", Duration::from_secs(60), resumed)
+        .await;
+    println!(
+        "kill 2 (replicating under writes): resumed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = wl.stop().await;
+    assert_eq!(stats.errors, 0, "{:?}", stats.error_samples);
+    let st = w.wait_caught_up(1.0, Duration::from_secs(120)).await;
+    assert_eq!(st["direction"], "reverse");
+    // Caught up to within a second: the last writes may still be on their way.
+    assert_converges(
+        &new,
+        &old,
+        CompareOptions::relaxed(),
+        Duration::from_secs(30),
+    )
+    .await;
+    // 3. During the reverse's finalize.
+    assert_eq!(w.post("/finalize", json!({})).await.code, 200);
+    let at = w
+        .wait_for("finalizing", Duration::from_secs(30), |s| {
+            s["state"] == "finalizing" || s["state"] == "finalized"
+        })
+        .await;
+    w.restart().await;
+    println!(
+        "kill 3 at state {}, step {}",
+        at["state"], at["finalization"]["step"]
+    );
+    let t = Instant::now();
+    let st = w
+        .wait_for("the reverse finalized", Duration::from_secs(120), |s| {
+            s["direction"] == "reverse"
+                && matches!(s["state"].as_str(), Some("finalized" | "failed"))
+        })
+        .await;
+    println!(
+        "kill 3 (finalizing): finalized {:.1}s after the restart",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(st["state"], "finalized", "{st:#}");
+    let f = &st["finalization"];
+    assert_eq!(f["verification"]["mismatchCount"], 0, "{f:#}");
+    assert_same(&new, &old, CompareOptions::default()).await;
+    println!(
+        "{} + {} operations on the new cluster; test took {:.1}s",
+        before.total_ops(),
+        stats.total_ops(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 /// Transactions stay whole across crashes: the invariant scenario (transfers between 1,000

@@ -302,6 +302,10 @@ pub struct MigrationJobStatus {
     /// copying or replicating while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// forward: the job replicates from spec.source to spec.target (every MigrationJob; the
+    /// operator does not run reverses yet — a standalone worker's `POST /reverse` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
     /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -446,6 +450,10 @@ pub struct FinalizationStatus {
     /// What the report warns about (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The target's cluster time once the cutoff was applied and the indexes restored (RFC
+    /// 3339): where a reverse of this migration (POST /reverse on its worker) starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_start_point: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

@@ -43,6 +43,31 @@ impl std::fmt::Display for State {
     }
 }
 
+/// Which way a job replicates: `forward` (a migration, source to target) or `reverse` (a
+/// rollback: from the cluster a finalized migration wrote to, back onto its old source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Forward,
+    Reverse,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the engine is doing while `running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +126,24 @@ pub struct StartRequest {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_target_namespaces: bool,
     /// Start without the automatic preflight (at your own risk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_preflight: bool,
+}
+
+/// `POST /reverse` body: replicate back from the cluster a finalized migration wrote to
+/// (its target) onto its old source, from the point recorded at its finalize, without a copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReverseRequest {
+    /// Start even though the old source received writes to the selected namespaces after the
+    /// cutoff (the reverse then overwrites the documents the new cluster changed, and keeps
+    /// the others as the old source has them: finalizing the reverse reports them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Replication tuning of the reverse (default: the migration's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationTuning>,
+    /// Start without the preflight of the swapped roles (the reverse's own checks still run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_preflight: bool,
 }
@@ -219,6 +262,24 @@ pub struct FinalizationReport {
     pub indexes: IndexReport,
     pub verification: Option<VerificationReport>,
     pub warnings: Vec<String>,
+    /// The target's own cluster time once the cutoff was applied and the indexes restored:
+    /// where a reverse (a rollback onto the source) starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_start_point: Option<OpTime>,
+}
+
+/// What a reverse rolls back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReverseInfo {
+    /// The finalized migration's job id (a MigrationJob UID, or `--job-id`).
+    pub job_id: String,
+    /// Its name, for people.
+    pub job_name: String,
+    /// The migration's cutoff (a time of the old source, this reverse's target).
+    pub cutoff: Option<OpTime>,
+    /// Where this reverse started reading (a time of the new cluster, its source).
+    pub start_point: Option<OpTime>,
 }
 
 /// `GET /status`.
@@ -234,6 +295,12 @@ pub struct WorkerStatus {
     /// Why the worker stopped, when it is a known condition a tool may act on (e.g. `TargetInUse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// `forward` (a migration) or `reverse` (a rollback of a finalized one).
+    #[serde(default)]
+    pub direction: Direction,
+    /// A reverse: the migration it rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse: Option<ReverseInfo>,
     pub lag_time_seconds: Option<f64>,
     pub events_read: u64,
     pub events_applied: u64,

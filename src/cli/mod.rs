@@ -32,6 +32,9 @@ pub enum Verb {
     Resume(ResumeArgs),
     /// Cut over: apply up to now, restore indexes, verify, report.
     Finalize(FinalizeArgs),
+    /// Roll back a finalized migration: replicate the new cluster back onto the old source
+    /// from the point recorded at finalize (docs/runbook.md, "Rolling back a cutover").
+    Reverse(ReverseArgs),
     /// Show a worker's status (with --watch, a live progress bar).
     Status(StatusArgs),
     /// Check, before starting, whether a migration can succeed (exit code 1 on a failed check).
@@ -330,6 +333,19 @@ pub struct FinalizeArgs {
     /// Block user writes on the source before taking the cutoff.
     #[arg(long)]
     pub block_source_writes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReverseArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Start even though the old source was written after the cutoff (the reverse refuses
+    /// otherwise, listing the namespaces and counts).
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the preflight of the swapped roles (the reverse's own checks still run).
+    #[arg(long)]
+    pub skip_preflight: bool,
 }
 
 #[derive(Args, Debug)]

@@ -39,6 +39,17 @@ pub enum EngineError {
         resume_point: String,
         oldest: String,
     },
+    #[error(
+        "history lost: the new cluster's oplog no longer holds this reverse's resume point {resume_point} \
+         (oldest entry {oldest}), so the writes made there since cannot be replayed onto the old source. \
+         The reverse cannot continue: copy the data back with a new migration from the new cluster to the \
+         old source (dropTargetNamespaces: true replaces the old collections), and size the new cluster's \
+         oplog (replSetResizeOplog) to cover pauses of the reverse"
+    )]
+    ReverseHistoryLost {
+        resume_point: String,
+        oldest: String,
+    },
     #[error("unexpected DDL on the source: {0}")]
     UnexpectedDdl(String),
     #[error("another worker holds this job's lease on the target ({holder}); waiting up to {wait_secs}s for it to stop or expire — only one worker may write to a target")]
@@ -252,8 +263,25 @@ impl EngineError {
         match self {
             EngineError::TargetInUse { .. } => Some(Self::TARGET_IN_USE),
             EngineError::Fenced { .. } => Some(Self::DEPOSED),
-            EngineError::HistoryLost { .. } => Some(Self::HISTORY_LOST),
+            EngineError::HistoryLost { .. } | EngineError::ReverseHistoryLost { .. } => {
+                Some(Self::HISTORY_LOST)
+            }
             _ => None,
+        }
+    }
+
+    /// The error as a reverse reports it: its fix differs where the migration's would not
+    /// apply (a reverse is never reset).
+    pub fn in_reverse(self) -> EngineError {
+        match self {
+            EngineError::HistoryLost {
+                resume_point,
+                oldest,
+            } => EngineError::ReverseHistoryLost {
+                resume_point,
+                oldest,
+            },
+            other => other,
         }
     }
 
@@ -275,7 +303,9 @@ impl EngineError {
             EngineError::AuthFailed { .. } => "auth",
             EngineError::TlsFailed { .. } => "tls",
             EngineError::NotReplicaSet { .. } => "topology",
-            EngineError::HistoryLost { .. } => "history_lost",
+            EngineError::HistoryLost { .. } | EngineError::ReverseHistoryLost { .. } => {
+                "history_lost"
+            }
             EngineError::UnexpectedDdl(_) => "ddl",
             EngineError::Fenced { .. } => "fenced",
             EngineError::LeaseHeld { .. } => "lease_held",

@@ -9,7 +9,7 @@ use mongodb::bson::{Document, Timestamp};
 
 use super::optime;
 use super::store::Checkpoint;
-use crate::api::{CheckpointInfo, InitialSync, Phase, State, WorkerStatus};
+use crate::api::{CheckpointInfo, InitialSync, Phase, ReverseInfo, State, WorkerStatus};
 
 #[derive(Default)]
 struct Text {
@@ -225,6 +225,13 @@ impl Live {
             ..Default::default()
         };
         let Some(cp) = cp else { return s };
+        s.direction = cp.direction;
+        s.reverse = cp.reverse_of.as_ref().map(|o| ReverseInfo {
+            job_id: o.job_id.clone(),
+            job_name: o.job_name.clone(),
+            cutoff: o.cutoff_ts.map(optime::op_time),
+            start_point: o.start_ts.map(optime::op_time),
+        });
         if state == State::Idle {
             return s;
         }

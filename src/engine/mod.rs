@@ -21,6 +21,8 @@ pub mod optime;
 mod pipeline;
 pub mod repl;
 pub mod reply;
+pub mod reversal;
+pub mod reverse;
 pub mod stages;
 pub mod state;
 pub mod store;

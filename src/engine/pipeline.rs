@@ -10,7 +10,7 @@ use super::copy::CopyOutcome;
 use super::error::{EngineError, ErrorClass, Result};
 use super::repl::ReplOutcome;
 use super::{tuning, Engine};
-use crate::api::{Phase, State};
+use crate::api::{Direction, Phase, State};
 
 /// The longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -55,8 +55,13 @@ impl Engine {
                 }
                 Err(e) => {
                     self.count_error(&e);
-                    error!(error = %e, "migration failed");
                     let mut cp = self.inner.cp.lock().await;
+                    let e = if cp.direction == Direction::Reverse {
+                        e.in_reverse()
+                    } else {
+                        e
+                    };
+                    error!(error = %e, direction = %cp.direction, "job failed");
                     self.fail(&mut cp, &e);
                     // A deposed worker records nothing: the target is another's now.
                     if !matches!(e, EngineError::Fenced { .. } | EngineError::NotHolding) {
@@ -107,6 +112,8 @@ impl Engine {
             ));
         }
         let tuning = tuning::resolve(&opts).map_err(EngineError::Invalid)?;
+        // A reverse prepares the old source once, before its first event.
+        super::reverse::prepare(&self.inner.ctx, &self.inner.cp).await?;
         loop {
             let clone_done = self.inner.cp.lock().await.clone_completed;
             if !clone_done || stages.copy_pending().await? {

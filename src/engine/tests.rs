@@ -506,3 +506,51 @@ async fn shutdown_stops_the_pipeline_and_releases_the_job() {
     let log = r.log.all();
     assert_eq!(log.last().map(String::as_str), Some("release"), "{log:?}");
 }
+
+/// A reverse begins on an idle job: its checkpoint is saved as given (copy done), it
+/// replicates without copying, takes the ordinary commands, and cannot begin twice.
+#[tokio::test]
+async fn a_reverse_begins_replicating_without_a_copy() {
+    use super::reverse::checks::{Migration, Points};
+    use crate::api::{Direction, ReverseRequest};
+    let r = rig(Checkpoint::default()).await;
+    let m = Migration {
+        job_id: "u1".into(),
+        job_name: "ns/m".into(),
+        state: State::Finalized,
+        ..Default::default()
+    };
+    let p = Points {
+        cutoff: Timestamp {
+            time: 10,
+            increment: 1,
+        },
+        start: Timestamp {
+            time: 20,
+            increment: 1,
+        },
+    };
+    let mut cp =
+        super::reverse::checkpoint(&m, &StartRequest::default(), p, &ReverseRequest::default());
+    // Preparing the old source needs a server; here it is done.
+    if let Some(o) = cp.reverse_of.as_mut() {
+        o.indexes_relaxed = true;
+    }
+    assert_eq!(
+        r.engine.begin_reverse(cp).await.expect("begin"),
+        State::Running
+    );
+    until("replicating", || {
+        r.stages.replicating.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(r.log.count("copy"), 0);
+    let saved = r.jobs.last_saved().expect("saved");
+    assert_eq!(saved.direction, Direction::Reverse);
+    assert_eq!(saved.state, State::Running);
+    assert_eq!(r.engine.pause().await.expect("pause"), State::Paused);
+    match r.engine.begin_reverse(Checkpoint::default()).await {
+        Err(super::CommandError::Conflict(m)) => assert!(m.contains("paused"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -68,6 +68,7 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
                 }
                 .to_string()
             });
+            st.direction = Some(ws.direction.as_str().into());
             st.copy = Some(copy_status(ws));
             st.replication = Some(replication_status(ws));
             st.finalization = ws.finalization.as_ref().map(finalization_status);
@@ -76,6 +77,7 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
             // Keep the last known figures while the worker is out of sight.
             st.state = prev.state.clone().or(Some("pending".into()));
             st.phase = prev.phase.clone();
+            st.direction = prev.direction.clone();
             st.copy = prev.copy.clone();
             st.replication = prev.replication.clone();
             st.finalization = prev.finalization.clone();
@@ -186,6 +188,7 @@ fn finalization_status(f: &FinalizationReport) -> FinalizationStatus {
                 .collect(),
         }),
         warnings: f.warnings.iter().take(MAX_LIST).cloned().collect(),
+        reverse_start_point: f.reverse_start_point.as_ref().map(|o| o.iso_date.clone()),
     }
 }
 

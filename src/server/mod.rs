@@ -16,19 +16,28 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ApiError, ApiOk, FinalizeRequest, ResumeRequest, StartRefused, StartRequest, State,
+    ApiError, ApiOk, FinalizeRequest, ResumeRequest, ReverseRequest, StartRefused, StartRequest,
+    State,
 };
+use crate::engine::reversal::Engines;
 use crate::engine::{CommandError, Engine, PreflightQuery};
 
 #[derive(Clone)]
 struct App {
-    engine: Engine,
+    engines: Engines,
     token: Option<Arc<String>>,
 }
 
-pub fn router(engine: Engine, token: Option<String>) -> Router {
+impl App {
+    /// The job commands go to: the reverse once one was started, else the migration.
+    fn engine(&self) -> Engine {
+        self.engines.active()
+    }
+}
+
+pub fn router(engines: Engines, token: Option<String>) -> Router {
     let app = App {
-        engine,
+        engines,
         token: token.map(Arc::new),
     };
     let guarded = Router::new()
@@ -36,6 +45,7 @@ pub fn router(engine: Engine, token: Option<String>) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/finalize", post(finalize))
+        .route("/reverse", post(reverse))
         .route("/status", get(status))
         .route("/preflight", get(preflight))
         .route("/metrics", get(metrics))
@@ -173,7 +183,7 @@ async fn preflight(AxState(app): AxState<App>, RawQuery(raw): RawQuery) -> Respo
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    match app.engine.preflight(q).await {
+    match app.engine().preflight(q).await {
         Ok(r) => Json(r).into_response(),
         Err(CommandError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -200,7 +210,7 @@ async fn parse<T: DeserializeOwned + Default>(req: Request) -> Result<T, Respons
 
 async fn start(AxState(app): AxState<App>, req: Request) -> Response {
     match parse::<StartRequest>(req).await {
-        Ok(b) => match app.engine.start(b).await {
+        Ok(b) => match app.engine().start(b).await {
             Ok((state, preflight)) => (
                 StatusCode::OK,
                 Json(ApiOk {
@@ -216,9 +226,36 @@ async fn start(AxState(app): AxState<App>, req: Request) -> Response {
     }
 }
 
+async fn reverse(AxState(app): AxState<App>, req: Request) -> Response {
+    match parse::<ReverseRequest>(req).await {
+        Ok(b) => match app.engines.reverse(b).await {
+            Ok((state, report)) => (
+                StatusCode::OK,
+                Json(ApiOk {
+                    ok: true,
+                    state,
+                    preflight: Some(Box::new(report)),
+                }),
+            )
+                .into_response(),
+            Err(CommandError::Preflight(report)) => (
+                StatusCode::CONFLICT,
+                Json(StartRefused {
+                    ok: false,
+                    error: report.summary.clone(),
+                    preflight: *report,
+                }),
+            )
+                .into_response(),
+            Err(e) => outcome(Err(e)),
+        },
+        Err(r) => r,
+    }
+}
+
 async fn pause(AxState(app): AxState<App>, req: Request) -> Response {
     match parse::<serde_json::Map<String, serde_json::Value>>(req).await {
-        Ok(m) if m.is_empty() => outcome(app.engine.pause().await),
+        Ok(m) if m.is_empty() => outcome(app.engine().pause().await),
         Ok(_) => error(StatusCode::BAD_REQUEST, "pause takes no parameters".into()),
         Err(r) => r,
     }
@@ -226,25 +263,25 @@ async fn pause(AxState(app): AxState<App>, req: Request) -> Response {
 
 async fn resume(AxState(app): AxState<App>, req: Request) -> Response {
     match parse::<ResumeRequest>(req).await {
-        Ok(b) => outcome(app.engine.resume(b.from_failure).await),
+        Ok(b) => outcome(app.engine().resume(b.from_failure).await),
         Err(r) => r,
     }
 }
 
 async fn finalize(AxState(app): AxState<App>, req: Request) -> Response {
     match parse::<FinalizeRequest>(req).await {
-        Ok(b) => outcome(app.engine.finalize(b).await),
+        Ok(b) => outcome(app.engine().finalize(b).await),
         Err(r) => r,
     }
 }
 
 async fn status(AxState(app): AxState<App>) -> Response {
-    Json(app.engine.status().await).into_response()
+    Json(app.engine().status().await).into_response()
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Response {
     // Ready once the job is loaded from the target (or the failure to load it is known).
-    if app.engine.is_ready() {
+    if app.engines.forward().is_ready() {
         "ok".into_response()
     } else {
         (
@@ -256,10 +293,10 @@ async fn readyz(AxState(app): AxState<App>) -> Response {
 }
 
 async fn metrics(AxState(app): AxState<App>) -> Response {
-    app.engine.refresh_metrics();
+    app.engine().refresh_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.engine.ctx().metrics.render(),
+        app.engine().ctx().metrics.render(),
     )
         .into_response()
 }

@@ -13,13 +13,14 @@ use tracing::{info, warn};
 pub mod verify;
 
 use super::catalog;
+use super::conn;
 use super::ctx::Ctx;
 use super::error::{mongo_code, EngineError, Result, Side};
 use super::filter::NamespaceFilter;
 use super::optime;
 use super::store::fence::Fence;
 use super::store::{Checkpoint, IndexEntry};
-use crate::api::{FinalizationReport, IndexFailure, State, VerifyMode};
+use crate::api::{Direction, FinalizationReport, IndexFailure, State, VerifyMode};
 
 pub fn started_report(cutoff: Timestamp, blocked: bool) -> FinalizationReport {
     let mut r = FinalizationReport {
@@ -118,12 +119,28 @@ pub async fn run(
     ctx.metrics.index_restore_failures.set(failed.len() as i64);
     info!(restored, failed = failed.len(), "indexes restored");
     let nfailed = failed.len();
-    save_step(ctx, cp, |r| {
+    // The reverse start point: the target's own time now that the cutoff is applied and the
+    // indexes restored (verified equal to the source just below). A reverse of this job
+    // replicates the target's changes after it. Taken again by a restarted finalize: nothing
+    // but this job's own records is written to the target in between.
+    let start = if cp.lock().await.direction == Direction::Forward {
+        Some(conn::cluster_time(&ctx.target, Side::Target).await?)
+    } else {
+        None
+    };
+    {
+        let mut c = cp.lock().await;
+        c.reverse_start_ts = start;
+        let r = c.finalization.get_or_insert_with(Default::default);
         r.indexes.restored = restored;
         r.indexes.failed = failed;
         r.step = "verifying".into();
-    })
-    .await?;
+        r.reverse_start_point = start.map(optime::op_time);
+        ctx.store.save(&mut c).await?;
+    }
+    if let Some(t) = start {
+        info!(start_point = %optime::ts_string(t), "reverse start point recorded");
+    }
     if cancel.is_cancelled() {
         return Ok(());
     }

@@ -21,7 +21,8 @@ use batch::{encode, upsert_many};
 use fence::Fence;
 pub use lease::Identity;
 pub use records::{
-    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, TxnBatch, TxnMarker, TXN_MARKERS,
+    Checkpoint, CollectionEntry, IndexEntry, PartitionEntry, ReverseOrigin, TxnBatch, TxnMarker,
+    TXN_MARKERS,
 };
 
 const JOB_ID: &str = "job";
@@ -389,4 +390,32 @@ pub async fn earlier_run(target: &Client) -> Result<(Option<Checkpoint>, u64)> {
         .await
         .on(Side::Target, "reading the catalog")?;
     Ok((job, collections))
+}
+
+/// The job document and the lease of the job a deployment's `mongoferry` database holds, read
+/// without taking anything (a reverse reads the migration it rolls back from its source).
+pub async fn read_job(
+    client: &Client,
+    side: Side,
+) -> Result<(Option<Checkpoint>, Option<lease::LeaseDoc>)> {
+    let coll = client
+        .database(META_DB)
+        .collection::<Document>("checkpoint");
+    let what = "reading the mongoferry job";
+    let job = coll.find_one(doc! {"_id": JOB_ID}).await.on(side, what)?;
+    let lease = coll
+        .find_one(doc! {"_id": lease::LEASE_ID})
+        .await
+        .on(side, what)?
+        .map(|d| lease::LeaseDoc::parse(&d));
+    let job = match job {
+        Some(d) => Some(mongodb::bson::from_document::<Checkpoint>(d).map_err(|e| {
+            EngineError::Encode {
+                what: what.into(),
+                detail: e.to_string(),
+            }
+        })?),
+        None => None,
+    };
+    Ok((job, lease))
 }

@@ -4,7 +4,7 @@
 use mongodb::bson::{DateTime, Document, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{FinalizationReport, StartRequest, State};
+use crate::api::{Direction, FinalizationReport, StartRequest, State};
 
 /// The job document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -54,6 +54,31 @@ pub struct Checkpoint {
     pub catch_up_ts: Option<Timestamp>,
     /// Why the job failed, when it is a known condition a tool may act on.
     pub failure_reason: Option<String>,
+    /// `forward` (a migration) or `reverse` (a rollback of a finalized migration).
+    pub direction: Direction,
+    /// A migration's finalize: the target's cluster time once the cutoff was applied and the
+    /// indexes restored. A reverse of this migration starts after it.
+    pub reverse_start_ts: Option<Timestamp>,
+    /// A reverse: what it rolls back.
+    pub reverse_of: Option<ReverseOrigin>,
+}
+
+/// The finalized migration a reverse rolls back, as recorded when the reverse started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReverseOrigin {
+    /// The migration's job id (a MigrationJob UID, or `--job-id`) and name.
+    pub job_id: String,
+    pub job_name: String,
+    /// The migration's cutoff: a time of the old source (this reverse's target).
+    pub cutoff_ts: Option<Timestamp>,
+    /// The migration's reverse start point: a time of the new cluster (this reverse's source).
+    pub start_ts: Option<Timestamp>,
+    /// The old source's unique, TTL and hidden indexes were relaxed for the sync (done once,
+    /// before the first event is applied; finalize restores them).
+    pub indexes_relaxed: bool,
+    /// Started with `force` although the old source was written after the cutoff.
+    pub forced: bool,
 }
 
 /// One collection (or view) selected for the migration.
