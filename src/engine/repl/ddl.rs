@@ -72,6 +72,39 @@ impl DdlOp {
     }
 }
 
+/// What a DDL operation may drop or replace on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wiped {
+    Collection { db: String, coll: String },
+    Database { db: String },
+}
+
+/// The namespaces whose documents applying `op` may drop or replace on the target: replayed
+/// after a restart, it undoes what the earlier run applied there (a create is applied as a
+/// drop and a create, a rename replaces its target, a copy anew starts from an empty
+/// collection). Pure.
+pub fn wipes(op: &DdlOp) -> Vec<Wiped> {
+    let coll = |db: &str, coll: &str| Wiped::Collection {
+        db: db.to_string(),
+        coll: coll.to_string(),
+    };
+    match op {
+        DdlOp::Create { db, coll: c, .. }
+        | DdlOp::Drop { db, coll: c }
+        | DdlOp::Recopy { db, coll: c } => vec![coll(db, c)],
+        DdlOp::Rename {
+            db,
+            coll: c,
+            to_db,
+            to_coll,
+        } => vec![coll(db, c), coll(to_db, to_coll)],
+        DdlOp::DropDatabase { db } => vec![Wiped::Database { db: db.clone() }],
+        DdlOp::CreateIndexes { .. } | DdlOp::DropIndexes { .. } | DdlOp::Modify { .. } => {
+            Vec::new()
+        }
+    }
+}
+
 /// What to do with a DDL event, given the filter. Pure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DdlDecision {
@@ -604,6 +637,63 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn ddl_that_drops_or_replaces_documents_wipes_its_collections() {
+        let c = |db: &str, coll: &str| Wiped::Collection {
+            db: db.into(),
+            coll: coll.into(),
+        };
+        let (db, coll) = ("app".to_string(), "c".to_string());
+        let create = DdlOp::Create {
+            db: db.clone(),
+            coll: coll.clone(),
+            cmd: doc! {"create": "c"},
+            capped: false,
+        };
+        assert_eq!(wipes(&create), vec![c("app", "c")]);
+        let drop = DdlOp::Drop {
+            db: db.clone(),
+            coll: coll.clone(),
+        };
+        assert_eq!(wipes(&drop), vec![c("app", "c")]);
+        let recopy = DdlOp::Recopy {
+            db: db.clone(),
+            coll: coll.clone(),
+        };
+        assert_eq!(wipes(&recopy), vec![c("app", "c")]);
+        let rename = DdlOp::Rename {
+            db: db.clone(),
+            coll: coll.clone(),
+            to_db: "other".into(),
+            to_coll: "d".into(),
+        };
+        assert_eq!(wipes(&rename), vec![c("app", "c"), c("other", "d")]);
+        assert_eq!(
+            wipes(&DdlOp::DropDatabase { db: db.clone() }),
+            vec![Wiped::Database { db: db.clone() }]
+        );
+        // Index and option changes keep every document.
+        for op in [
+            DdlOp::CreateIndexes {
+                db: db.clone(),
+                coll: coll.clone(),
+                specs: vec![],
+            },
+            DdlOp::DropIndexes {
+                db: db.clone(),
+                coll: coll.clone(),
+                names: vec!["a_1".into()],
+            },
+            DdlOp::Modify {
+                db: db.clone(),
+                coll: coll.clone(),
+                desc: doc! {"validationLevel": "off"},
+            },
+        ] {
+            assert!(wipes(&op).is_empty(), "{op:?}");
+        }
+    }
 
     fn ev(op: &str, coll: Option<&str>, desc: Document) -> Document {
         let mut ns = doc! {"db": "app"};

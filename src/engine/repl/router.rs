@@ -236,31 +236,50 @@ impl Router {
         events: &[(Document, usize)],
     ) -> Result<Routed> {
         let mut routed = Routed::Done;
-        if self.replayed.txn_applied(id, ts) {
+        // Kept for the whole run: transactions complete out of op-time order (several may be
+        // gathered at once), so a later one is no sign that the recorded ones are behind.
+        let applied = self.replayed.txn_applied(id, ts);
+        if applied && !self.replayed.any_wiped() {
             debug!("transaction skipped: an earlier run applied it");
             return Ok(routed);
         }
-        // Kept for the whole run: transactions complete out of op-time order (several may be
-        // gathered at once), so a later one is no sign that the recorded ones are behind.
+        // Applied by an earlier run, but a DDL replayed since wiped some of its collections:
+        // only its operations there are applied again (elsewhere the target holds them, and
+        // maybe later writes).
+        let again = |r: &txn::Replayed, db: &str, coll: Option<&str>| {
+            !applied || r.wiped(db, coll.unwrap_or(""))
+        };
         let mut ops: Vec<Routable> = Vec::with_capacity(events.len());
         let mut size = 0usize;
         for (ev, sz) in events {
             if translate::translate(ev) == Translated::Ddl {
-                if self.dispatch(ev, *sz).await? == Routed::NeedsCopy {
+                let ns = translate::event_ns(ev);
+                if ns.is_some_and(|(db, coll)| again(&self.replayed, &db, coll.as_deref()))
+                    && self.dispatch(ev, *sz).await? == Routed::NeedsCopy
+                {
                     routed = Routed::NeedsCopy;
                 }
                 continue;
             }
             if let Some(r) = self.crud(ev)? {
-                ops.push(r);
-                size += sz;
+                if again(&self.replayed, &r.op.db, Some(&r.op.coll)) {
+                    ops.push(r);
+                    size += sz;
+                }
             }
         }
-        if ops.len() <= 1 || ops.iter().any(|r| r.capped) {
-            // Nothing to keep together, or a capped collection (which takes no transactional
-            // writes; servers refuse them in transactions anyway).
+        if applied {
+            debug!(
+                operations = ops.len(),
+                "transaction applied by an earlier run: applying again its operations on collections wiped since"
+            );
+        }
+        if applied || ops.len() <= 1 || ops.iter().any(|r| r.capped) {
+            // Nothing to keep together (or only the part of an applied one on wiped
+            // collections, which readers saw wiped anyway), or a capped collection (which
+            // takes no transactional writes; servers refuse them in transactions anyway).
             for r in ops {
-                if self.replayed.behind(r.key, ts) {
+                if self.replayed.skips(&r.op.db, &r.op.coll, r.key, ts) {
                     debug!("event skipped: a transaction applied by an earlier run is newer");
                     continue;
                 }
@@ -324,7 +343,7 @@ impl Router {
             Translated::Crud { .. } => {
                 if let Some(r) = self.crud(ev)? {
                     let ts = ev.get_timestamp("clusterTime").ok();
-                    if ts.is_some_and(|t| self.replayed.behind(r.key, t)) {
+                    if ts.is_some_and(|t| self.replayed.skips(&r.op.db, &r.op.coll, r.key, t)) {
                         debug!("event skipped: a transaction applied by an earlier run is newer");
                         return Ok(Routed::Done);
                     }
@@ -357,6 +376,10 @@ impl Router {
         self.settle(true).await?;
         let mut routed = Routed::Done;
         for op in &ops {
+            // Recorded first: applying it may wipe part of what an earlier run applied.
+            for w in ddl::wipes(op) {
+                self.replayed.wipe(&w);
+            }
             if ddl::apply(&self.ctx, &self.filter, op, ts).await? == ddl::Applied::NeedsCopy {
                 routed = Routed::NeedsCopy;
             }

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 
 use super::super::store::TxnMarker;
+use super::ddl::Wiped;
 
 /// At most this many operations, and bytes of events, are applied as one target transaction;
 /// a larger source transaction is applied operation by operation (counted and reported).
@@ -115,6 +116,11 @@ pub struct Replayed {
     keys: HashMap<u64, Timestamp>,
     /// The op time of the latest: past it, nothing was applied.
     until: Option<Timestamp>,
+    /// Collections (`db.coll`) and databases a DDL of this run dropped or replaced on the
+    /// target (`ddl::wipes`): what the earlier run applied there is gone, so their events are
+    /// applied again whatever the records say.
+    wiped: HashSet<String>,
+    wiped_dbs: HashSet<String>,
 }
 
 impl Replayed {
@@ -132,6 +138,29 @@ impl Replayed {
         r
     }
 
+    /// A DDL of this run dropped or replaced `w` on the target (only matters while an
+    /// earlier run's records are being replayed).
+    pub fn wipe(&mut self, w: &Wiped) {
+        if self.until.is_none() {
+            return;
+        }
+        match w {
+            Wiped::Collection { db, coll } => self.wiped.insert(format!("{db}.{coll}")),
+            Wiped::Database { db } => self.wiped_dbs.insert(db.clone()),
+        };
+    }
+
+    /// Whether a DDL of this run dropped or replaced `db.coll` (what the earlier run applied
+    /// there is gone).
+    pub fn wiped(&self, db: &str, coll: &str) -> bool {
+        self.wiped_dbs.contains(db) || self.wiped.contains(&format!("{db}.{coll}"))
+    }
+
+    /// Whether anything was wiped.
+    pub fn any_wiped(&self) -> bool {
+        !self.wiped.is_empty() || !self.wiped_dbs.is_empty()
+    }
+
     /// Whether events at `ts` may have been applied already.
     pub fn covers(&self, ts: Timestamp) -> bool {
         self.until.is_some_and(|u| ts <= u)
@@ -146,6 +175,14 @@ impl Replayed {
     /// applied to it (so the document must not go back to it).
     pub fn behind(&self, key: u64, ts: Timestamp) -> bool {
         self.covers(ts) && self.keys.get(&key).is_some_and(|t| *t > ts)
+    }
+
+    /// Whether to skip an event at `ts` of the document `key` in `db.coll`: it is older than a
+    /// transaction applied to that document, and no DDL of this run wiped the collection
+    /// since (a wiped collection holds only what this run applied: all its events are
+    /// needed).
+    pub fn skips(&self, db: &str, coll: &str, key: u64, ts: Timestamp) -> bool {
+        self.behind(key, ts) && !self.wiped(db, coll)
     }
 }
 
@@ -309,6 +346,44 @@ mod tests {
         // Past the last applied transaction, nothing was applied.
         assert!(!r.covers(t(6)));
         assert!(!Replayed::default().covers(t(0)));
+    }
+
+    #[test]
+    fn a_replay_applies_again_what_a_replayed_ddl_wiped() {
+        let t = |i| Timestamp {
+            time: 10,
+            increment: i,
+        };
+        let a = txn_id(&ev(Some(1))).expect("id");
+        let mut r = Replayed::new(&[TxnMarker {
+            id: a.marker_id(),
+            ts: Some(t(5)),
+            keys: vec![7],
+        }]);
+        // Before any DDL: an older event of document 7 is skipped wherever it is.
+        assert!(r.skips("app", "c", 7, t(4)));
+        assert!(!r.any_wiped());
+        // A create of app.c replayed (a drop and a create on the target): the transaction's
+        // writes there are gone, so older events of its documents there are needed again.
+        r.wipe(&Wiped::Collection {
+            db: "app".into(),
+            coll: "c".into(),
+        });
+        assert!(r.any_wiped());
+        assert!(r.wiped("app", "c"));
+        assert!(!r.skips("app", "c", 7, t(4)));
+        // Elsewhere the records still hold.
+        assert!(!r.wiped("app", "d"));
+        assert!(r.skips("app", "d", 7, t(4)));
+        assert!(r.txn_applied(&a, t(5)));
+        // A database dropped: all its collections.
+        r.wipe(&Wiped::Database { db: "logs".into() });
+        assert!(r.wiped("logs", "any"));
+        assert!(!r.skips("logs", "any", 7, t(4)));
+        // Without records of an earlier run there is nothing to forget.
+        let mut none = Replayed::default();
+        none.wipe(&Wiped::Database { db: "logs".into() });
+        assert!(!none.any_wiped());
     }
 
     #[test]
