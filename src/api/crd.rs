@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     shortname = "mj",
     status = "MigrationJobStatus",
     doc = "A live MongoDB migration: copy, then replicate, then finalize, driven by desiredState.",
+    printcolumn(name = "Direction", type_ = "string", json_path = ".status.direction"),
     printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
@@ -45,18 +46,40 @@ use serde::{Deserialize, Serialize};
 ).message(
     "spec.namespaces is immutable once set: the worker has already selected what to copy; create a new MigrationJob to migrate a different set"
 ))]
+#[x_kube(validation = Rule::new(
+    "has(self.reverseOf) || (has(self.source) && has(self.target))"
+).message(
+    "spec.source and spec.target are required (unless spec.reverseOf names the finalized MigrationJob to reverse)"
+))]
+#[x_kube(validation = Rule::new(
+    "!has(self.reverseOf) || (!has(self.source) && !has(self.target) && !has(self.namespaces))"
+).message(
+    "with spec.reverseOf, leave out spec.source, spec.target and spec.namespaces: a reverse takes them from the MigrationJob it reverses, swapped"
+))]
+#[x_kube(validation = Rule::new("has(self.reverseOf) == has(oldSelf.reverseOf)").message(
+    "spec.reverseOf cannot be added or removed: a MigrationJob is a migration or a reverse for its whole life; create a new MigrationJob"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationJobSpec {
-    /// The deployment to migrate from (a replica set). Immutable.
+    /// The deployment to migrate from (a replica set). Immutable. Required unless
+    /// `reverseOf` is set (then left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "spec.source is immutable: a running migration cannot switch deployments; create a new MigrationJob"
     ))]
-    pub source: Endpoint,
-    /// The deployment to migrate to (a replica set). Immutable.
+    pub source: Option<Endpoint>,
+    /// The deployment to migrate to (a replica set). Immutable. Required unless `reverseOf`
+    /// is set (then left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "spec.target is immutable: a running migration cannot switch deployments; create a new MigrationJob"
     ))]
-    pub target: Endpoint,
+    pub target: Option<Endpoint>,
+    /// Make this job the reverse of a finalized MigrationJob of the same namespace: it
+    /// replicates that job's target back onto its source (from the point its finalize
+    /// recorded), with its namespaces and credentials. Cannot be added or removed later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_of: Option<ReverseOf>,
     /// running (copy, then replicate), paused, or finalized (cut over; terminal).
     #[serde(default)]
     #[x_kube(validation = Rule::new("oldSelf != 'finalized' || self == 'finalized'").message(
@@ -83,6 +106,30 @@ pub struct MigrationJobSpec {
     /// the migration cannot finish).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_preflight: bool,
+}
+
+impl MigrationJobSpec {
+    /// The name of the MigrationJob this job reverses, if it is a reverse.
+    pub fn reverse_of_name(&self) -> Option<&str> {
+        self.reverse_of.as_ref().map(|r| r.name.as_str())
+    }
+}
+
+/// The migration a reverse rolls back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReverseOf {
+    /// Name of the finalized MigrationJob (same namespace) to reverse. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "spec.reverseOf.name is immutable: a reverse cannot switch migrations; create a new MigrationJob"
+    ))]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Start even though the old source received writes to the selected namespaces after the
+    /// cutoff (the reverse then overwrites the documents the new cluster changed and keeps
+    /// the others; finalizing the reverse reports them). Read when the reverse starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// How to reach one deployment. Credentials never go in the URI.
@@ -302,8 +349,8 @@ pub struct MigrationJobStatus {
     /// copying or replicating while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// forward: the job replicates from spec.source to spec.target (every MigrationJob; the
-    /// operator does not run reverses yet — a standalone worker's `POST /reverse` does).
+    /// forward: the job replicates from spec.source to spec.target; reverse: it replicates
+    /// the target of the job named by spec.reverseOf back onto that job's source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
     /// The spec generation this status reflects.
@@ -562,7 +609,10 @@ mod tests {
         }))
         .expect("parses");
         assert_eq!(s.desired_state, DesiredState::Running);
-        let c = s.source.credentials_secret_ref.expect("ref");
+        let c = s
+            .source
+            .and_then(|e| e.credentials_secret_ref)
+            .expect("ref");
         assert_eq!(
             (c.username_key.as_str(), c.password_key.as_str()),
             ("username", "password")

@@ -96,6 +96,10 @@ pub async fn run(
                         "WorkerStopping",
                         format!("stopping worker pod {pod_name}; target data is left in place"),
                     ),
+                    DeleteReason::Reversed => (
+                        "WorkerHandedOver",
+                        format!("stopping worker pod {pod_name}: this migration is finalized and a reverse's worker takes it over"),
+                    ),
                 };
                 info!(pod = %pod_name, reason, "deleting worker pod");
                 ctx.event(job, false, reason, note).await;
@@ -111,7 +115,7 @@ pub async fn run(
                     CallOutcome::Accepted { preflight: report } => {
                         info!(call = c.name(), "worker accepted");
                         ctx.event(job, false, call_reason(c), call_note(c)).await;
-                        if matches!(c, WorkerCall::Start(_)) {
+                        if matches!(c, WorkerCall::Start(_) | WorkerCall::Reverse(_)) {
                             preflight = match report {
                                 Some(r) => Outcome::Report(r),
                                 None => Outcome::Skipped,
@@ -155,6 +159,7 @@ fn call_reason(c: &WorkerCall) -> &'static str {
         } => "ResumeRequested",
         WorkerCall::Resume { from_failure: true } => "RetryRequested",
         WorkerCall::Finalize(_) => "FinalizeRequested",
+        WorkerCall::Reverse(_) => "ReverseStarted",
     }
 }
 
@@ -173,6 +178,9 @@ fn call_note(c: &WorkerCall) -> String {
             r.verify, r.block_source_writes
         )
         .to_lowercase(),
+        WorkerCall::Reverse(r) => {
+            format!("asked the worker to start the reverse (force {})", r.force)
+        }
     }
 }
 
@@ -214,15 +222,18 @@ mod tests {
             token: token.map(str::to_string),
             credentials_hash: "h".into(),
             pod_ip: ip.map(str::to_string),
+            migration: crate::operator::reverse::own(&job_with_credentials()),
         }
     }
 
     fn pod_for(job: &MigrationJob) -> Pod {
+        let m = crate::operator::reverse::own(job).expect("migration");
         let inputs = PodInputs {
             default_image: "mongoferry:test",
             service_account: None,
             credentials_hash: "h",
             owner: owner(job).expect("owner"),
+            migration: &m,
         };
         podspec::worker_pod(job, &inputs)
     }

@@ -65,13 +65,20 @@ pub fn backoff(failures: u32) -> Duration {
 async fn reconcile_job(job: &MigrationJob, ctx: &Context) -> Result<Requeue> {
     let now = Timestamp::now();
     let mut snap = observe(ctx, job, now).await?;
-    let inputs = PodInputs {
-        default_image: &ctx.worker_image,
-        service_account: ctx.worker_service_account.as_deref(),
-        credentials_hash: &snap.credentials_hash,
-        owner: act::owner(job)?,
+    // A reverse that cannot start yet has no pod to build (its decision creates none).
+    let pod = match &snap.migration {
+        Some(m) => podspec::worker_pod(
+            job,
+            &PodInputs {
+                default_image: &ctx.worker_image,
+                service_account: ctx.worker_service_account.as_deref(),
+                credentials_hash: &snap.credentials_hash,
+                owner: act::owner(job)?,
+                migration: m,
+            },
+        ),
+        None => Default::default(),
     };
-    let pod = podspec::worker_pod(job, &inputs);
     let hash = pod
         .metadata
         .annotations
@@ -145,6 +152,11 @@ async fn state_events(
     let from = old.state.as_deref().unwrap_or("none");
     let to = new.state.as_deref().unwrap_or("pending");
     let k = key(job);
+    if let Some((reason, message)) = new_block(old, new) {
+        if ctx.announce(&k, "blocked", &format!("{reason}: {message}")) {
+            ctx.event(job, true, &reason, message).await;
+        }
+    }
     if from != to && ctx.announce(&k, "state", to) {
         info!(from, to, "state changed");
         ctx.event(
@@ -163,6 +175,21 @@ async fn state_events(
         None if !status::is_true(new, status::FAILED) => ctx.forget_announced(&k, Some("failure")),
         None => {}
     }
+}
+
+/// The reason and message of a reverse's block (`ReverseOf…` on Ready) that `new` shows and
+/// `old` did not.
+pub fn new_block(old: &MigrationJobStatus, new: &MigrationJobStatus) -> Option<(String, String)> {
+    let blocked = |s: &MigrationJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| {
+                c.type_ == status::READY && c.status == "False" && c.reason.starts_with("ReverseOf")
+            })
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let now = blocked(new)?;
+    (blocked(old).as_ref() != Some(&now)).then_some(now)
 }
 
 /// The Failed condition (reason, message) of `new` worth an Event: True now, and not the one
@@ -265,6 +292,7 @@ mod tests {
                 service_account: None,
                 credentials_hash: &hash,
                 owner: act::owner(&job).expect("owner"),
+                migration: &crate::operator::reverse::own(&job).expect("migration"),
             },
         );
         pod.status = crate::operator::testing::worker_pod("uid-1", "Running").status;

@@ -6,10 +6,21 @@
 use std::time::Duration;
 
 use super::preflight_status::RECHECK;
+use super::reverse::Blocked;
 use crate::api::crd::{DesiredState, MigrationJobSpec, Verify};
 use crate::api::{
-    CloneTuning, FinalizeRequest, ReplicationTuning, StartRequest, State, VerifyMode, WorkerStatus,
+    CloneTuning, Direction, FinalizeRequest, ReplicationTuning, ReverseRequest, StartRequest,
+    State, VerifyMode, WorkerStatus,
 };
+
+/// For a job with `spec.reverseOf`: what it found of the job it reverses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReverseObs {
+    /// Finalized: the worker pod serves its migration.
+    Ready,
+    /// Not yet (or never): why, and what to do.
+    Blocked(Blocked),
+}
 
 /// The referenced credential and CA Secrets.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +74,11 @@ pub struct Observed {
     pub failed_for: Option<Duration>,
     /// A failed preflight of this generation, holding the start back.
     pub preflight_hold: Option<super::preflight_status::Hold>,
+    /// Set for a reverse (a job with `spec.reverseOf`).
+    pub reverse: Option<ReverseObs>,
+    /// For a finalized job: the reverse (`namespace/name`) that rolls it back, whose worker
+    /// replaces this job's.
+    pub reversed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +87,7 @@ pub enum WorkerCall {
     Pause,
     Resume { from_failure: bool },
     Finalize(FinalizeRequest),
+    Reverse(ReverseRequest),
 }
 
 impl WorkerCall {
@@ -80,6 +97,7 @@ impl WorkerCall {
             WorkerCall::Pause => "pause",
             WorkerCall::Resume { .. } => "resume",
             WorkerCall::Finalize(_) => "finalize",
+            WorkerCall::Reverse(_) => "reverse",
         }
     }
 }
@@ -90,6 +108,8 @@ pub enum DeleteReason {
     Outdated,
     /// The job is being deleted.
     Stopping,
+    /// The job is finalized and a reverse's worker takes over its migration.
+    Reversed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +132,8 @@ pub struct Decision {
     pub handled_retry: Option<String>,
     /// The reset annotation consumed by this decision.
     pub handled_reset: Option<String>,
+    /// Why the job is blocked (the Ready condition's reason), e.g. `ReverseOfNotFinalized`.
+    pub blocked: Option<&'static str>,
 }
 
 impl Decision {
@@ -122,6 +144,7 @@ impl Decision {
             waiting: None,
             handled_retry: None,
             handled_reset: None,
+            blocked: None,
         }
     }
     fn waiting(mut self, why: impl Into<String>) -> Self {
@@ -148,6 +171,24 @@ pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -
     }
     if !obs.token_secret {
         actions.push(Action::CreateTokenSecret);
+    }
+    if let Some(ReverseObs::Blocked(b)) = &obs.reverse {
+        let mut d = Decision::new(actions, CALM).waiting(b.message.clone());
+        d.blocked = Some(b.reason);
+        return d;
+    }
+    if let Some(by) = &obs.reversed_by {
+        if let Some(pod) = obs.pod.as_ref().filter(|p| !p.terminating) {
+            actions.push(Action::DeletePod(DeleteReason::Reversed));
+            return Decision::new(actions, SHORT).waiting(format!(
+                "stopping worker pod {}: MigrationJob {by} reverses this finalized migration \
+                 with its own worker",
+                pod.name
+            ));
+        }
+        return Decision::new(actions, SLOW).waiting(format!(
+            "finalized; MigrationJob {by} reverses this migration (its worker runs the reverse)"
+        ));
     }
     if let CredentialsObs::Missing { message } = &obs.credentials {
         // Leave a running pod alone: it already holds what it needs.
@@ -193,6 +234,29 @@ pub fn decide(spec: &MigrationJobSpec, obs: &Observed, desired_pod_hash: &str) -
 fn worker_step(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
     use State as S;
     let call = |c: WorkerCall| Decision::new(vec![Action::Call(c)], FAST);
+    match (obs.reverse.is_some(), ws.direction) {
+        (true, Direction::Forward) => return reverse_start(spec, ws, obs),
+        (false, Direction::Reverse) => {
+            return Decision::new(vec![], SLOW).waiting(
+                "this worker runs the reverse of this migration (begun by a MigrationJob with \
+                 spec.reverseOf); this job sends it nothing: recreate the reverse \
+                 MigrationJob to drive it",
+            )
+        }
+        _ => {}
+    }
+    if obs.reverse.is_some()
+        && obs
+            .reset_annotation
+            .as_ref()
+            .is_some_and(|r| obs.handled_reset.as_ref() != Some(r))
+    {
+        return Decision::new(vec![], CALM).waiting(
+            "mongoferry.io/reset does not apply to a reverse; remove the annotation (to start \
+             the reverse over, delete this MigrationJob and the old source's mongoferry \
+             database, then create it again)",
+        );
+    }
     if super::status::target_in_use(ws) {
         // Another migration owns the target: the worker refuses every start and resume, and
         // a retry, a reset or a new pod would only be refused again. Wait (slowly) for the
@@ -285,6 +349,71 @@ fn worker_step_state(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed)
         ),
         (D::Finalized, S::Finalized) => Decision::new(vec![], SLOW),
         (D::Paused, S::Paused) => Decision::new(vec![], CALM),
+    }
+}
+
+/// A reverse whose worker still serves the migration (direction forward): once that is loaded
+/// as finalized, ask for the reverse.
+fn reverse_start(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> Decision {
+    use State as S;
+    match (ws.state, spec.desired_state) {
+        (S::Finalized, DesiredState::Paused) => Decision::new(vec![], CALM).waiting(
+            "paused before the reverse started; set desiredState to running (or finalized) to \
+             start it",
+        ),
+        (S::Finalized, _) => {
+            let fresh = fresh_retry(obs);
+            match &obs.preflight_hold {
+                Some(h) if h.age < RECHECK && fresh.is_none() => {
+                    Decision::new(vec![], (RECHECK - h.age).max(FAST)).waiting(format!(
+                        "the reverse's checks failed ({}); nothing was started. Fix what \
+                         status.preflight names (for writes to the old source since the \
+                         cutoff: carry them over, or set spec.reverseOf.force: true); it is \
+                         checked again within {} s, at once on a spec change or a new \
+                         mongoferry.io/retry annotation value",
+                        h.summary,
+                        RECHECK.as_secs()
+                    ))
+                }
+                _ => {
+                    let mut d = Decision::new(
+                        vec![Action::Call(WorkerCall::Reverse(reverse_request(spec)))],
+                        FAST,
+                    );
+                    d.handled_retry = fresh;
+                    d
+                }
+            }
+        }
+        (S::Failed, _) => Decision::new(vec![], failed_backoff(obs.failed_for)).waiting(format!(
+            "the worker cannot load the migration to reverse: {}",
+            ws.error.as_deref().unwrap_or("it failed")
+        )),
+        (state, _) => Decision::new(vec![], SHORT).waiting(format!(
+            "waiting for the worker to load the finalized migration from the new cluster \
+             (worker: {state}{})",
+            if ws.info.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", ws.info)
+            }
+        )),
+    }
+}
+
+/// The `POST /reverse` body of a reverse job.
+pub fn reverse_request(spec: &MigrationJobSpec) -> ReverseRequest {
+    ReverseRequest {
+        force: spec.reverse_of.as_ref().is_some_and(|r| r.force),
+        replication: spec
+            .tuning
+            .as_ref()
+            .and_then(|t| t.replication.clone())
+            .map(|r| ReplicationTuning {
+                workers: r.workers,
+                bulk_ops: r.bulk_ops,
+            }),
+        skip_preflight: spec.skip_preflight,
     }
 }
 
@@ -655,5 +784,114 @@ mod tests {
         let d = decide(&spec("running"), &o, HASH);
         assert_eq!(calls(&d), vec!["start"]);
         assert_eq!(d.handled_reset.as_deref(), Some("r1"));
+    }
+
+    fn reverse_spec(desired: &str, force: bool) -> MigrationJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "reverseOf": {"name": "mig", "force": force},
+            "desiredState": desired,
+            "tuning": {"replication": {"workers": 3}},
+        }))
+        .expect("spec")
+    }
+
+    fn reverse_ws(state: State, direction: Direction) -> WorkerObs {
+        let mut s = WorkerStatus {
+            ok: state != State::Failed,
+            state,
+            direction,
+            ..Default::default()
+        };
+        s.initial_sync.clone_completed = true;
+        WorkerObs::Status(Box::new(s))
+    }
+
+    #[test]
+    fn a_blocked_reverse_creates_no_pod_and_says_why() {
+        let mut o = crate::operator::testing::observed();
+        o.reverse = Some(ReverseObs::Blocked(Blocked {
+            reason: crate::operator::reverse::NOT_FINALIZED,
+            message: "MigrationJob shop/mig is not finalized (state: running)".into(),
+        }));
+        let d = decide(&reverse_spec("running", false), &o, HASH);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(d.blocked, Some("ReverseOfNotFinalized"));
+        assert!(d.waiting.as_deref().unwrap_or("").contains("not finalized"));
+        assert_eq!(d.requeue, CALM, "checked again until it is finalized");
+    }
+
+    #[test]
+    fn a_reverse_starts_once_its_worker_loaded_the_finalized_migration() {
+        let mut o = obs(reverse_ws(State::Idle, Direction::Forward));
+        o.reverse = Some(ReverseObs::Ready);
+        let d = decide(&reverse_spec("running", true), &o, HASH);
+        assert!(calls(&d).is_empty());
+        assert!(d
+            .waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("waiting for the worker"));
+        o.worker = reverse_ws(State::Finalized, Direction::Forward);
+        let d = decide(&reverse_spec("finalized", true), &o, HASH);
+        let Some(Action::Call(WorkerCall::Reverse(req))) = d.actions.first() else {
+            panic!("{d:?}")
+        };
+        assert!(req.force);
+        assert_eq!(req.replication.as_ref().and_then(|r| r.workers), Some(3));
+        assert!(calls(&decide(&reverse_spec("paused", false), &o, HASH)).is_empty());
+        // A refused reverse waits for a fix, like a failed preflight.
+        o.preflight_hold = Some(crate::operator::preflight_status::Hold {
+            age: Duration::from_secs(1),
+            summary: "reverse.oldSourceWrites failed".into(),
+        });
+        let d = decide(&reverse_spec("running", false), &o, HASH);
+        assert!(calls(&d).is_empty());
+        assert!(
+            d.waiting
+                .as_deref()
+                .unwrap_or("")
+                .contains("spec.reverseOf.force"),
+            "{d:?}"
+        );
+        o.retry_annotation = Some("r1".into());
+        assert_eq!(
+            calls(&decide(&reverse_spec("running", false), &o, HASH)),
+            vec!["reverse"]
+        );
+    }
+
+    #[test]
+    fn a_started_reverse_is_driven_like_a_migration() {
+        let mut o = obs(reverse_ws(State::Running, Direction::Reverse));
+        o.reverse = Some(ReverseObs::Ready);
+        assert!(calls(&decide(&reverse_spec("running", false), &o, HASH)).is_empty());
+        assert_eq!(
+            calls(&decide(&reverse_spec("paused", false), &o, HASH)),
+            vec!["pause"]
+        );
+        assert_eq!(
+            calls(&decide(&reverse_spec("finalized", false), &o, HASH)),
+            vec!["finalize"]
+        );
+        o.reset_annotation = Some("x".into());
+        o.worker = reverse_ws(State::Paused, Direction::Reverse);
+        let d = decide(&reverse_spec("paused", false), &o, HASH);
+        assert!(calls(&d).is_empty(), "no reset of a reverse");
+        // A forward job whose worker came back in the reverse sends it nothing.
+        let o = obs(reverse_ws(State::Running, Direction::Reverse));
+        assert!(calls(&decide(&spec("finalized"), &o, HASH)).is_empty());
+    }
+
+    #[test]
+    fn a_reversed_migration_hands_its_worker_over() {
+        let mut o = obs(ws(State::Finalized, true));
+        o.reversed_by = Some("shop/back".into());
+        let d = decide(&spec("finalized"), &o, HASH);
+        assert_eq!(d.actions, vec![Action::DeletePod(DeleteReason::Reversed)]);
+        o.pod = None;
+        o.worker = WorkerObs::NotAsked;
+        let d = decide(&spec("finalized"), &o, HASH);
+        assert!(d.actions.is_empty(), "no new pod: {:?}", d.actions);
+        assert!(d.waiting.as_deref().unwrap_or("").contains("shop/back"));
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod podspec;
 pub mod preflight_status;
+pub mod reverse;
 pub mod status;
 #[cfg(test)]
 pub mod testing;
@@ -195,23 +196,28 @@ async fn controller_in(client: Client, ns: Option<&str>, shared: context::Shared
         .modify(cache::slim)
         .reflect(secret_writer)
         .touched_objects();
+    let controller = Controller::new(jobs.clone(), watcher::Config::default());
+    let store = controller.store();
     let ctx = Arc::new(Context::new(
         shared,
-        cache::Cache::new(pod_cache, secret_cache),
+        cache::Cache::new(pod_cache, secret_cache, store.clone()),
     ));
-    let controller = Controller::new(jobs, watcher::Config::default());
-    let store = controller.store();
+    let job_store = store.clone();
     controller
         .owns_stream(pod_events)
+        // A reverse and the job it reverses act on each other's changes at once: the reverse
+        // starts when that job is finalized, and that job hands its worker over.
+        .watches(jobs, watcher::Config::default(), move |j: MigrationJob| {
+            related(&job_store.state(), &j)
+        })
         // Credentials Secrets are the user's: map each to the jobs that name it, so a
         // rotation (or a Secret created late) is acted upon at once.
         .watches_stream(secret_events, move |s: Secret| {
             let ns = s.namespace();
             let name = s.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|j| j.namespace() == ns && references(j, &name))
+            let all = store.state();
+            all.iter()
+                .filter(|j| j.namespace() == ns && references(&all, j, &name))
                 .map(|j| ObjectRef::from_obj(j.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -225,11 +231,31 @@ async fn controller_in(client: Client, ns: Option<&str>, shared: context::Shared
         .await;
 }
 
-/// Whether the job names Secret `name` (credentials, CA, or its own token).
-fn references(job: &MigrationJob, name: &str) -> bool {
-    let eps = [&job.spec.source, &job.spec.target];
+/// The jobs that act on a change of `j`: the job a reverse names, or the reverses of `j`.
+fn related(all: &[Arc<MigrationJob>], j: &MigrationJob) -> Vec<ObjectRef<MigrationJob>> {
+    let ns = j.namespace();
+    let name = j.name_any();
+    all.iter()
+        .filter(|o| o.namespace() == ns)
+        .filter(|o| {
+            j.spec.reverse_of_name() == Some(o.name_any().as_str())
+                || o.spec.reverse_of_name() == Some(name.as_str())
+        })
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// Whether the job names Secret `name` (credentials, CA, or its own token); a reverse names
+/// the Secrets of the job it reverses.
+fn references(all: &[Arc<MigrationJob>], job: &MigrationJob, name: &str) -> bool {
+    let of = job.spec.reverse_of_name().and_then(|r| {
+        all.iter()
+            .find(|o| o.namespace() == job.namespace() && o.name_any() == r)
+    });
+    let spec = of.map(|o| &o.spec).unwrap_or(&job.spec);
+    let eps = [&spec.source, &spec.target];
     podspec::token_secret_name(&job.name_any()) == name
-        || eps.iter().any(|e| {
+        || eps.iter().flat_map(|e| e.iter()).any(|e| {
             e.credentials_secret_ref
                 .as_ref()
                 .is_some_and(|c| c.name == name)

@@ -12,9 +12,10 @@ use crate::api::crd::{Endpoint, MigrationJob};
 
 use super::cache::Cache;
 use super::context::Context;
-use super::decide::{CredentialsObs, Observed, PodObs, WorkerObs};
+use super::decide::{CredentialsObs, Observed, PodObs, ReverseObs, WorkerObs};
 use super::error::{Error, Result};
 use super::podspec::{self, ANNOTATION_SPEC_HASH, TOKEN_KEY};
+use super::reverse::{self, Migration};
 use super::status::{true_since, FAILED};
 use super::worker_client::WorkerClient;
 
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub token: Option<String>,
     pub credentials_hash: String,
     pub pod_ip: Option<String>,
+    /// The migration the worker pod serves (`None`: a reverse that cannot start yet).
+    pub migration: Option<Migration>,
 }
 
 pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Result<Snapshot> {
@@ -38,7 +41,31 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
         .cache
         .secret(&ns, &podspec::token_secret_name(&name))
         .and_then(|s| secret_value(&s, TOKEN_KEY));
-    let credentials = credentials(&ctx.cache, job, &ns);
+    let referenced = job
+        .spec
+        .reverse_of_name()
+        .and_then(|n| ctx.cache.job(&ns, n));
+    let resolved = reverse::resolve(job, referenced.as_deref());
+    let reverse_obs = job.spec.reverse_of.as_ref().map(|_| match &resolved {
+        Ok(_) => ReverseObs::Ready,
+        Err(b) => ReverseObs::Blocked(b.clone()),
+    });
+    let migration = resolved.ok();
+    let finalized = job.status.as_ref().and_then(|s| s.state.as_deref()) == Some("finalized");
+    let reversed_by = if finalized && job.spec.reverse_of.is_none() {
+        ctx.cache
+            .reverses_of(&ns, &name)
+            .first()
+            .map(|r| format!("{ns}/{}", r.name_any()))
+    } else {
+        None
+    };
+    let credentials = match &migration {
+        Some(m) => credentials(&ctx.cache, m, &ns),
+        None => CredentialsObs::Ready {
+            hash: String::new(),
+        },
+    };
     let credentials_hash = match &credentials {
         CredentialsObs::Ready { hash } => hash.clone(),
         CredentialsObs::Missing { .. } => String::new(),
@@ -84,12 +111,15 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
             job.metadata.generation,
             now,
         ),
+        reverse: reverse_obs,
+        reversed_by,
     };
     Ok(Snapshot {
         observed,
         token,
         credentials_hash,
         pod_ip,
+        migration,
     })
 }
 
@@ -168,7 +198,7 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
 }
 
 /// Check every referenced Secret and key; hash the data the worker will use.
-fn credentials(cache: &Cache, job: &MigrationJob, ns: &str) -> CredentialsObs {
+fn credentials(cache: &Cache, m: &Migration, ns: &str) -> CredentialsObs {
     let mut refs: Vec<(String, String, String)> = Vec::new();
     let mut add = |side: &str, ep: &Endpoint| {
         if let Some(c) = &ep.credentials_secret_ref {
@@ -184,8 +214,8 @@ fn credentials(cache: &Cache, job: &MigrationJob, ns: &str) -> CredentialsObs {
             ));
         }
     };
-    add("source", &job.spec.source);
-    add("target", &job.spec.target);
+    add("source", &m.source);
+    add("target", &m.target);
     let mut h = Sha256::new();
     for (field, name, key) in refs {
         let Some(s) = cache.secret(ns, &name) else {
@@ -437,5 +467,56 @@ mod tests {
                 "worker pod: CrashLoopBackOff: back-off 10s; last run ended: OOMKilled (exit code 137)"
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_reverse_reads_the_job_it_reverses_from_the_cache() {
+        use crate::api::crd::MigrationJobStatus;
+        use crate::operator::cache::testing::cache_with_jobs;
+        use crate::operator::testing::{context_with, job};
+        let api = FakeApi::new();
+        let mut fwd = job_with_credentials();
+        let mut back = job(serde_json::json!({"reverseOf": {"name": "mig"}}));
+        back.metadata.name = Some("back".into());
+        back.metadata.uid = Some("uid-2".into());
+        let observe_with = |fwd: MigrationJob, subject: MigrationJob| {
+            let ctx = context_with(
+                &api,
+                cache_with_jobs(vec![], vec![creds()], vec![fwd, back.clone()]),
+                1,
+            );
+            async move { observe(&ctx, &subject, now()).await.expect("observe") }
+        };
+        let snap = observe_with(fwd.clone(), back.clone()).await;
+        assert_eq!(snap.migration, None);
+        match &snap.observed.reverse {
+            Some(ReverseObs::Blocked(b)) => {
+                assert_eq!(b.reason, reverse::NOT_FINALIZED);
+                assert!(b
+                    .message
+                    .contains("shop/mig is not finalized (state: pending)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        fwd.status = Some(MigrationJobStatus {
+            state: Some("finalized".into()),
+            ..Default::default()
+        });
+        let snap = observe_with(fwd.clone(), back.clone()).await;
+        assert_eq!(snap.observed.reverse, Some(ReverseObs::Ready));
+        let m = snap.migration.expect("migration");
+        assert_eq!(
+            (m.job_id.as_str(), m.job_name.as_str()),
+            ("uid-1", "shop/mig")
+        );
+        assert!(
+            matches!(&snap.observed.credentials, CredentialsObs::Ready { hash } if hash.len() == 16),
+            "the Secrets of the job it reverses"
+        );
+        // The finalized job learns that a reverse takes its migration over.
+        let snap = observe_with(fwd.clone(), fwd.clone()).await;
+        assert_eq!(snap.observed.reversed_by.as_deref(), Some("shop/back"));
+        assert_eq!(snap.observed.reverse, None);
+        assert!(api.calls().is_empty());
     }
 }

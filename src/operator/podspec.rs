@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::crd::{Endpoint, MigrationJob};
 
+use super::reverse::Migration;
+
 pub const WORKER_PORT: i32 = 2242;
 pub const CONTAINER: &str = "worker";
 pub const TOKEN_KEY: &str = "token";
@@ -68,32 +70,33 @@ pub struct PodInputs<'a> {
     /// ServiceAccount of the pod (None: the namespace's `default`); its token is never mounted.
     pub service_account: Option<&'a str>,
     pub owner: OwnerReference,
+    /// The migration the worker serves: the job's own, or the one a reverse rolls back.
+    pub migration: &'a Migration,
 }
 
 /// The worker pod, with `mongoferry.io/spec-hash` over everything else in it.
 pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let spec = &job.spec;
+    let m = inp.migration;
     let w = spec.worker.clone().unwrap_or_default();
     let mut args: Vec<String> = vec![
         "worker".into(),
         "--source".into(),
-        spec.source.uri.clone(),
+        m.source.uri.clone(),
         "--target".into(),
-        spec.target.uri.clone(),
+        m.target.uri.clone(),
         "--listen".into(),
         format!("$(POD_IP):{WORKER_PORT}"),
         "--api-token-file".into(),
         format!("{MOUNT_ROOT}/api/{TOKEN_KEY}"),
         // Who the worker works for: it records the owner of the target, and names the
-        // owning job when it refuses a target another job owns.
+        // owning job when it refuses a target another job owns. A reverse's worker serves the
+        // migration it reverses (the reverse's own job is `<that id>:reverse`).
         "--job-id".into(),
-        job.metadata.uid.clone().unwrap_or_default(),
+        m.job_id.clone(),
         "--job-name".into(),
-        format!(
-            "{}/{name}",
-            job.metadata.namespace.as_deref().unwrap_or_default()
-        ),
+        m.job_name.clone(),
     ];
     let mut env = vec![EnvVar {
         name: "POD_IP".into(),
@@ -113,7 +116,7 @@ pub fn worker_pod(job: &MigrationJob, inp: &PodInputs<'_>) -> Pod {
         TOKEN_KEY,
     )];
     let mut mounts = vec![mount("api-token", "api")];
-    for (side, ep) in [("source", &spec.source), ("target", &spec.target)] {
+    for (side, ep) in [("source", &m.source), ("target", &m.target)] {
         endpoint_wiring(side, ep, &mut args, &mut env, &mut volumes, &mut mounts);
     }
 
@@ -350,8 +353,14 @@ mod tests {
         j
     }
 
+    fn migration() -> &'static Migration {
+        static M: std::sync::OnceLock<Migration> = std::sync::OnceLock::new();
+        M.get_or_init(|| super::super::reverse::own(&job(base())).expect("migration"))
+    }
+
     fn inputs() -> PodInputs<'static> {
         PodInputs {
+            migration: migration(),
             default_image: "mongoferry:dev",
             credentials_hash: "abc",
             service_account: None,

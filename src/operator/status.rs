@@ -6,7 +6,7 @@ use crate::api::crd::{
     CopyStatus, DesiredState, FinalizationStatus, MigrationJobSpec, MigrationJobStatus,
     ReplicationStatus, VerificationStatus, WorkerPodStatus,
 };
-use crate::api::{FinalizationReport, State, WorkerStatus};
+use crate::api::{Direction, FinalizationReport, State, WorkerStatus};
 
 use super::decide::{CredentialsObs, Decision, Observed, WorkerObs};
 use super::preflight_status::{self as preflight, PREFLIGHT_PASSED};
@@ -58,6 +58,23 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
         WorkerObs::Status(ws) => Some(ws.as_ref()),
         _ => None,
     };
+    // A reverse's worker serves the finalized migration until the reverse starts: that is not
+    // the reverse's state (it has not started), only a failure to load it is shown.
+    let reverse = i.spec.reverse_of.is_some();
+    let not_started;
+    let worker = match worker {
+        Some(ws) if reverse && ws.direction == Direction::Forward && ws.state != State::Failed => {
+            not_started = WorkerStatus {
+                ok: true,
+                state: State::Idle,
+                direction: Direction::Reverse,
+                info: ws.info.clone(),
+                ..Default::default()
+            };
+            Some(&not_started)
+        }
+        w => w,
+    };
     match worker {
         Some(ws) => {
             st.state = Some(ws.state.as_str().into());
@@ -68,7 +85,14 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
                 }
                 .to_string()
             });
-            st.direction = Some(ws.direction.as_str().into());
+            st.direction = Some(
+                if reverse {
+                    "reverse"
+                } else {
+                    ws.direction.as_str()
+                }
+                .into(),
+            );
             st.copy = Some(copy_status(ws));
             st.replication = Some(replication_status(ws));
             st.finalization = ws.finalization.as_ref().map(finalization_status);
@@ -77,7 +101,10 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
             // Keep the last known figures while the worker is out of sight.
             st.state = prev.state.clone().or(Some("pending".into()));
             st.phase = prev.phase.clone();
-            st.direction = prev.direction.clone();
+            st.direction = prev
+                .direction
+                .clone()
+                .or_else(|| reverse.then(|| "reverse".into()));
             st.copy = prev.copy.clone();
             st.replication = prev.replication.clone();
             st.finalization = prev.finalization.clone();
@@ -206,7 +233,11 @@ fn conditions(
 ) -> Vec<Condition> {
     let obs = i.observed;
     let desired = i.spec.desired_state;
-    let state = worker.map(|w| w.state);
+    // A finalized job whose worker a reverse took over stays finalized.
+    let handed_over = obs.reversed_by.is_some() && prev.state.as_deref() == Some("finalized");
+    let state = worker
+        .map(|w| w.state)
+        .or(handed_over.then_some(State::Finalized));
     let waiting = i.decision.waiting.clone().unwrap_or_default();
     let acting = i
         .decision
@@ -265,6 +296,16 @@ fn conditions(
                 v.documents_checked, v.collections_checked, v.mismatch_count
             )
         })
+        .or_else(|| {
+            handed_over
+                .then(|| {
+                    prev.conditions
+                        .iter()
+                        .find(|c| c.type_ == FINALIZED && c.status == "True")
+                        .map(|c| c.message.clone())
+                })
+                .flatten()
+        })
         .unwrap_or_default();
     let finalized = Cond {
         type_: FINALIZED,
@@ -305,9 +346,11 @@ fn conditions(
     );
     let ready = Cond {
         type_: READY,
-        on: at_desired && !failed.on,
+        on: at_desired && !failed.on && i.decision.blocked.is_none(),
         reason: if failed.on {
             "Failed"
+        } else if let Some(b) = i.decision.blocked {
+            b
         } else if at_desired {
             "AtDesiredState"
         } else if worker.is_none() {
@@ -319,6 +362,8 @@ fn conditions(
         // tools show Ready's message).
         message: if failed.on {
             failed.message.clone()
+        } else if i.decision.blocked.is_some() {
+            waiting
         } else if at_desired {
             String::new()
         } else {
@@ -412,6 +457,7 @@ mod tests {
             waiting: None,
             handled_retry: None,
             handled_reset: None,
+            blocked: None,
         }
     }
 
@@ -653,5 +699,105 @@ mod tests {
         // No report, no condition.
         let none = compute(&inputs(None, &preflight::Outcome::NotRun, 10));
         assert!(none.conditions.iter().all(|c| c.type_ != PREFLIGHT_PASSED));
+    }
+
+    #[test]
+    fn a_reverse_shows_its_own_direction_and_progress() {
+        let sp: MigrationJobSpec =
+            serde_json::from_value(serde_json::json!({"reverseOf": {"name": "mig"}}))
+                .expect("spec");
+        let dec = decision();
+        let status_of = |w: WorkerObs| {
+            let o = observed(w);
+            compute(&Inputs {
+                spec: &sp,
+                generation: Some(1),
+                observed: &o,
+                decision: &dec,
+                previous: None,
+                now: t(1),
+                preflight: &preflight::Outcome::NotRun,
+            })
+        };
+        // Its worker still serves the finalized migration: the reverse has not started.
+        let st = status_of(worker(State::Finalized, |w| {
+            w.initial_sync.clone_completed = true;
+            w.finalization = Some(FinalizationReport::default());
+        }));
+        assert_eq!(st.state.as_deref(), Some("idle"));
+        assert_eq!(st.direction.as_deref(), Some("reverse"));
+        assert_eq!(st.finalization, None);
+        assert_eq!(cond(&st, FINALIZED).status, "False");
+        // Started: the reverse's state, lag and events.
+        let st = status_of(worker(State::Running, |w| {
+            w.direction = Direction::Reverse;
+            w.phase = Some(crate::api::Phase::Replicating);
+            w.lag_time_seconds = Some(0.4);
+            w.events_applied = 5;
+            w.initial_sync.clone_completed = true;
+        }));
+        assert_eq!(
+            (st.state.as_deref(), st.direction.as_deref()),
+            (Some("running"), Some("reverse"))
+        );
+        assert_eq!(st.replication.as_ref().map(|r| r.events_applied), Some(5));
+        assert_eq!(cond(&st, READY).status, "True");
+        // Blocked: Ready says why.
+        let blocked = Decision {
+            blocked: Some("ReverseOfNotFinalized"),
+            waiting: Some("MigrationJob shop/mig is not finalized".into()),
+            ..decision()
+        };
+        let o = observed(WorkerObs::NotAsked);
+        let st = compute(&Inputs {
+            spec: &sp,
+            generation: Some(1),
+            observed: &o,
+            decision: &blocked,
+            previous: None,
+            now: t(1),
+            preflight: &preflight::Outcome::NotRun,
+        });
+        let ready = cond(&st, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ReverseOfNotFinalized")
+        );
+        assert!(ready.message.contains("not finalized"));
+        assert_eq!(st.direction.as_deref(), Some("reverse"));
+    }
+
+    #[test]
+    fn a_migration_handed_over_to_its_reverse_stays_finalized() {
+        let done = run(
+            "finalized",
+            worker(State::Finalized, |w| {
+                w.finalization = Some(FinalizationReport {
+                    verification: Some(crate::api::VerificationReport::default()),
+                    ..Default::default()
+                })
+            }),
+            None,
+            1,
+        );
+        let sp = spec("finalized");
+        let mut o = observed(WorkerObs::NotAsked);
+        o.pod = None;
+        o.reversed_by = Some("shop/back".into());
+        let dec = decision();
+        let st = compute(&Inputs {
+            spec: &sp,
+            generation: Some(3),
+            observed: &o,
+            decision: &dec,
+            previous: Some(&done),
+            now: t(2),
+            preflight: &preflight::Outcome::NotRun,
+        });
+        assert_eq!(st.state.as_deref(), Some("finalized"));
+        assert_eq!(cond(&st, FINALIZED).status, "True");
+        assert_eq!(cond(&st, FINALIZED).last_transition_time, t(1));
+        assert!(cond(&st, FINALIZED).message.contains("0 mismatches"));
+        assert_eq!(cond(&st, READY).status, "True");
     }
 }

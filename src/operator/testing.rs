@@ -160,6 +160,8 @@ pub fn observed() -> Observed {
         handled_reset: None,
         failed_for: None,
         preflight_hold: None,
+        reverse: None,
+        reversed_by: None,
     }
 }
 

@@ -84,6 +84,7 @@ impl WorkerClient {
                 self.post("resume", "/resume", &body).await
             }
             WorkerCall::Finalize(r) => self.post("finalize", "/finalize", r).await,
+            WorkerCall::Reverse(r) => self.post("reverse", "/reverse", r).await,
         }
     }
 
