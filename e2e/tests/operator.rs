@@ -296,8 +296,13 @@ async fn invalid_specs_are_refused() {
         ),
         (
             base("  source: {uri: 'mongodb://a:1'}\n"),
-            "spec.target: Required value",
+            "spec.source and spec.target are required (unless spec.reverseOf names",
         ),
+        (
+            base(&format!("{ep}  reverseOf: {{name: mig}}\n")),
+            "with spec.reverseOf, leave out spec.source, spec.target and spec.namespaces",
+        ),
+        (base("  reverseOf: {name: ''}\n"), "spec.reverseOf.name"),
         (
             base(
                 &format!(
@@ -327,6 +332,7 @@ async fn invalid_specs_are_refused() {
         (base(&format!("{ep}  namespaces: {{include: ['app.*']}}\n  desiredState: running\n")), "desiredState cannot leave finalized"),
         (base("  source: {uri: 'mongodb://other:1/?replicaSet=rs'}\n  target: {uri: 'mongodb://b:1/?replicaSet=rs'}\n  namespaces: {include: ['app.*']}\n  desiredState: finalized\n"), "spec.source is immutable"),
         (base(&format!("{ep}  namespaces: {{include: ['other.*']}}\n  desiredState: finalized\n")), "spec.namespaces is immutable once set"),
+        (base("  reverseOf: {name: mig}\n  desiredState: finalized\n"), "spec.reverseOf cannot be added or removed"),
     ];
     for (yaml, msg) in &updates {
         match kc.apply(yaml) {
@@ -337,6 +343,16 @@ async fn invalid_specs_are_refused() {
             }
         }
     }
+    // A reverse's reference cannot switch migrations.
+    let reverse = |name: &str| {
+        format!("apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: back\nspec:\n  reverseOf: {{name: {name}}}\n")
+    };
+    kc.apply(&reverse("bad")).expect("valid reverse");
+    let e = kc
+        .apply(&reverse("other"))
+        .expect_err("reverseOf.name changed");
+    assert!(e.contains("spec.reverseOf.name is immutable"), "{e}");
+    refused += 1;
     println!("ACCEPTANCE 3: {refused} invalid specs refused with their messages");
     assert!(refused >= 8);
 }
@@ -908,4 +924,204 @@ async fn second_job_on_a_used_target_fails_with_target_in_use() {
         j["status"]
     );
     println!("ISSUE 14 ACCEPTANCE 3: first finalized equal to the source; second never wrote");
+}
+
+/// A reverse MigrationJob (`spec.reverseOf`) of job `of`.
+fn reverse_yaml(name: &str, of: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: mongoferry.io/v1alpha1\nkind: MigrationJob\nmetadata:\n  name: {name}\nspec:\n  reverseOf: {{name: {of}}}\n{extra}"
+    )
+}
+
+/// Writes on the new cluster after the cutover: inserts, updates, deletes, a collection
+/// created and one renamed.
+async fn write_after_cutover(c: &Client) {
+    let db = c.database("shop");
+    let orders = db.collection::<mongodb::bson::Document>("orders");
+    orders
+        .insert_many((0..200).map(|i| doc! {"_id": format!("after-{i}"), "v": i}))
+        .await
+        .expect("insert");
+    orders
+        .update_many(
+            doc! {"_id": {"$in": ["after-1", "after-2"]}},
+            doc! {"$set": {"touched": true}},
+        )
+        .await
+        .expect("update");
+    orders
+        .delete_many(doc! {"_id": {"$in": ["after-3", "after-4", "after-5"]}})
+        .await
+        .expect("delete");
+    db.create_collection("created").await.expect("create");
+    db.collection::<mongodb::bson::Document>("created")
+        .insert_many((0..50).map(|i| doc! {"_id": i}))
+        .await
+        .expect("insert into the created collection");
+    c.database("admin")
+        .run_command(doc! {"renameCollection": "shop.customers", "to": "shop.clients"})
+        .await
+        .expect("rename");
+}
+
+/// Issue 17 through the operator: migrate and finalize, write on the new cluster, then
+/// `kubectl apply` a reverse MigrationJob: it replicates those writes back onto the old
+/// source (direction reverse, its own lag), and `kubectl wait --for=condition=Finalized` on
+/// it ends with a verification of 0 mismatches. The migration stays Finalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_through_the_operator() {
+    let t0 = Instant::now();
+    let (cp, kc, src, dst) = seeded().await;
+    let op = Operator::start(&cp, "op-rev", false);
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
+    wait_job(&kc, "mig", "replicating", Duration::from_secs(300), |j| {
+        j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
+    })
+    .await;
+    kc.finalize(None, "mig", Duration::from_secs(300));
+    let mig = kc.get("mj", "mig").expect("job");
+    assert_eq!(mig["status"]["direction"], "forward");
+    assert!(
+        mig["status"]["finalization"]["reverseStartPoint"].is_string(),
+        "{}",
+        mig["status"]
+    );
+    let (old, new) = (src.client(), dst.client());
+    write_after_cutover(&new).await;
+
+    kc.apply(&reverse_yaml("back", "mig", ""))
+        .expect("apply reverse");
+    let t = Instant::now();
+    let j = wait_for_or(
+        "reverse replicating",
+        Duration::from_secs(180),
+        || {
+            kc.get("mj", "back").filter(|j| {
+                j["status"]["direction"] == "reverse"
+                    && j["status"]["state"] == "running"
+                    && j["status"]["phase"] == "replicating"
+                    && j["status"]["replication"]["lagSeconds"].is_i64()
+            })
+        },
+        || {
+            format!(
+                "{}{}\noperator log tail:\n{}",
+                job_status(&kc, "back"),
+                job_status(&kc, "mig"),
+                tail(&op.log(), 30)
+            )
+        },
+    )
+    .await;
+    println!(
+        "reverse replicating {:.1}s after apply: {}",
+        t.elapsed().as_secs_f64(),
+        j["status"]["replication"]
+    );
+    let table = kc.ok(&["get", "mj"]);
+    println!("{table}");
+    assert!(
+        table.contains("DIRECTION") && table.contains("reverse"),
+        "{table}"
+    );
+    assert!(
+        kc.get("pod", "mig-worker").is_none(),
+        "the migration's worker handed over"
+    );
+    let opts = CompareOptions {
+        relaxed_indexes: true,
+        ..Default::default()
+    };
+    mongoferry_e2e::compare::assert_converges(&new, &old, opts, Duration::from_secs(60)).await;
+    println!("the old source equals the new cluster (indexes relaxed)");
+
+    kc.finalize(None, "back", Duration::from_secs(300));
+    let back = kc.get("mj", "back").expect("reverse");
+    assert_eq!(back["status"]["direction"], "reverse");
+    assert_eq!(
+        back["status"]["finalization"]["verification"]["mismatchCount"], 0,
+        "{}",
+        back["status"]
+    );
+    assert_same(&new, &old, CompareOptions::default()).await;
+    let fin = condition(&back, "Finalized").expect("Finalized");
+    println!("reverse Finalized: {}", fin.message);
+    let mig = kc.get("mj", "mig").expect("job");
+    assert!(
+        condition(&mig, "Finalized").is_some_and(|c| c.is_true()),
+        "the migration stays finalized: {}",
+        mig["status"]
+    );
+    println!(
+        "ISSUE 17 (operator): reverse finalized with 0 mismatches in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// A reverse of a job that is not finalized waits, saying why and what to do (Ready=False,
+/// reason ReverseOfNotFinalized, and a Warning Event); it starts on its own once the job is
+/// finalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_of_an_unfinalized_job_waits_for_it() {
+    let (cp, kc, src, dst) = seeded().await;
+    let _op = Operator::start(&cp, "op-rev-wait", false);
+    create_secrets(&kc, PASSWORD);
+    kc.apply(&job_yaml("mig", &src, &dst, ""))
+        .expect("apply job");
+    kc.apply(&reverse_yaml("back", "mig", ""))
+        .expect("apply reverse");
+    let (j, ready) = wait_condition(&kc, "back", "Ready", "False", Duration::from_secs(60)).await;
+    let ready = if ready.reason == "ReverseOfNotFinalized" {
+        ready
+    } else {
+        wait_job(
+            &kc,
+            "back",
+            "ReverseOfNotFinalized",
+            Duration::from_secs(60),
+            |j| condition(j, "Ready").is_some_and(|c| c.reason == "ReverseOfNotFinalized"),
+        )
+        .await;
+        condition(&kc.get("mj", "back").expect("reverse"), "Ready").expect("Ready")
+    };
+    println!("Ready=False {}: {}", ready.reason, ready.message);
+    assert!(
+        ready
+            .message
+            .contains("MigrationJob default/mig is not finalized")
+            && ready.message.contains("desiredState to finalized"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(j["status"]["direction"], "reverse");
+    assert!(
+        kc.get("pod", "back-worker").is_none(),
+        "no worker while it waits"
+    );
+    let events = kc.ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(
+        events.contains("\"ReverseOfNotFinalized\""),
+        "a ReverseOfNotFinalized Event:\n{events}"
+    );
+
+    wait_job(&kc, "mig", "replicating", Duration::from_secs(300), |j| {
+        j["status"]["phase"] == "replicating" && j["status"]["replication"]["caughtUp"] == true
+    })
+    .await;
+    kc.finalize(None, "mig", Duration::from_secs(300));
+    let t = Instant::now();
+    wait_job(
+        &kc,
+        "back",
+        "reverse running",
+        Duration::from_secs(180),
+        |j| j["status"]["direction"] == "reverse" && j["status"]["state"] == "running",
+    )
+    .await;
+    println!(
+        "the reverse started {:.1}s after the migration was finalized",
+        t.elapsed().as_secs_f64()
+    );
 }
