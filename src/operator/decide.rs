@@ -16,8 +16,9 @@ use crate::api::{
 /// For a job with `spec.reverseOf`: what it found of the job it reverses.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReverseObs {
-    /// Finalized: the worker pod serves its migration.
-    Ready,
+    /// Finalized: the worker pod serves its migration. `started`: the job's status already
+    /// showed the reverse under way (a restarted worker comes back in it by itself).
+    Ready { started: bool },
     /// Not yet (or never): why, and what to do.
     Blocked(Blocked),
 }
@@ -361,6 +362,12 @@ fn reverse_start(spec: &MigrationJobSpec, ws: &WorkerStatus, obs: &Observed) -> 
             "paused before the reverse started; set desiredState to running (or finalized) to \
              start it",
         ),
+        (S::Finalized, _) if matches!(obs.reverse, Some(ReverseObs::Ready { started: true })) => {
+            Decision::new(vec![], SHORT).waiting(
+                "the worker restarted: waiting for it to come back in the reverse begun earlier \
+                 (from its checkpoint on the old source)",
+            )
+        }
         (S::Finalized, _) => {
             let fresh = fresh_retry(obs);
             match &obs.preflight_hold {
@@ -823,7 +830,7 @@ mod tests {
     #[test]
     fn a_reverse_starts_once_its_worker_loaded_the_finalized_migration() {
         let mut o = obs(reverse_ws(State::Idle, Direction::Forward));
-        o.reverse = Some(ReverseObs::Ready);
+        o.reverse = Some(ReverseObs::Ready { started: false });
         let d = decide(&reverse_spec("running", true), &o, HASH);
         assert!(calls(&d).is_empty());
         assert!(d
@@ -858,12 +865,18 @@ mod tests {
             calls(&decide(&reverse_spec("running", false), &o, HASH)),
             vec!["reverse"]
         );
+        // A restarted worker loads the migration first, then comes back in the reverse: it
+        // is not asked to begin another.
+        o.reverse = Some(ReverseObs::Ready { started: true });
+        let d = decide(&reverse_spec("running", false), &o, HASH);
+        assert!(calls(&d).is_empty(), "{d:?}");
+        assert!(d.waiting.as_deref().unwrap_or("").contains("come back"));
     }
 
     #[test]
     fn a_started_reverse_is_driven_like_a_migration() {
         let mut o = obs(reverse_ws(State::Running, Direction::Reverse));
-        o.reverse = Some(ReverseObs::Ready);
+        o.reverse = Some(ReverseObs::Ready { started: false });
         assert!(calls(&decide(&reverse_spec("running", false), &o, HASH)).is_empty());
         assert_eq!(
             calls(&decide(&reverse_spec("paused", false), &o, HASH)),

@@ -46,8 +46,13 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
         .reverse_of_name()
         .and_then(|n| ctx.cache.job(&ns, n));
     let resolved = reverse::resolve(job, referenced.as_deref());
+    let own_state = job.status.as_ref().and_then(|s| s.state.as_deref());
+    let started = matches!(
+        own_state,
+        Some("running" | "paused" | "finalizing" | "finalized")
+    );
     let reverse_obs = job.spec.reverse_of.as_ref().map(|_| match &resolved {
-        Ok(_) => ReverseObs::Ready,
+        Ok(_) => ReverseObs::Ready { started },
         Err(b) => ReverseObs::Blocked(b.clone()),
     });
     let migration = resolved.ok();
@@ -503,7 +508,10 @@ mod tests {
             ..Default::default()
         });
         let snap = observe_with(fwd.clone(), back.clone()).await;
-        assert_eq!(snap.observed.reverse, Some(ReverseObs::Ready));
+        assert_eq!(
+            snap.observed.reverse,
+            Some(ReverseObs::Ready { started: false })
+        );
         let m = snap.migration.expect("migration");
         assert_eq!(
             (m.job_id.as_str(), m.job_name.as_str()),

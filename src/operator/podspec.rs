@@ -503,4 +503,38 @@ mod tests {
         let sec = token_secret(&job(base()), inputs().owner, &t);
         assert_eq!(sec.metadata.name.as_deref(), Some("mig-api-token"));
     }
+
+    #[test]
+    fn a_reverse_pod_serves_the_migration_it_reverses() {
+        let mut back = job(serde_json::json!({"reverseOf": {"name": "mig"}}));
+        back.metadata.name = Some("back".into());
+        back.metadata.uid = Some("u2".into());
+        let mut i = inputs();
+        i.owner.name = "back".into();
+        i.owner.uid = "u2".into();
+        let pod = worker_pod(&back, &i);
+        assert_eq!(pod.metadata.name.as_deref(), Some("back-worker"));
+        let spec = pod.spec.as_ref().expect("spec");
+        let args = spec.containers[0]
+            .args
+            .clone()
+            .unwrap_or_default()
+            .join(" ");
+        assert!(
+            args.contains("--source mongodb://src:27017/?replicaSet=rs0 --target mongodb://dst:27017/?replicaSet=rs1"),
+            "the migration's roles (the worker swaps them for the reverse): {args}"
+        );
+        assert!(
+            args.contains("--job-id u1 --job-name ns/mig"),
+            "the migration's identity: {args}"
+        );
+        assert!(args.contains("--source-password-file"), "{args}");
+        let vols = spec.volumes.clone().unwrap_or_default();
+        let token = vols.iter().find(|v| v.name == "api-token").expect("token");
+        assert_eq!(
+            token.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("back-api-token"),
+            "its own API token"
+        );
+    }
 }

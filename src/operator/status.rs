@@ -73,8 +73,12 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
             };
             Some(&not_started)
         }
+        // A migration's worker that came back in the reverse (its reverse MigrationJob was
+        // deleted): not this job's figures.
+        Some(ws) if !reverse && ws.direction == Direction::Reverse => None,
         w => w,
     };
+    let handed_over = handed_over(obs, &prev);
     match worker {
         Some(ws) => {
             st.state = Some(ws.state.as_str().into());
@@ -113,7 +117,7 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
     st.progress = st.copy.as_ref().map(|c| format!("{}%", c.percent));
     st.message = message(i, worker);
     st.preflight = preflight::next(i.preflight, prev.preflight.as_ref(), &i.now, i.generation);
-    st.conditions = conditions(i, worker, &prev);
+    st.conditions = conditions(i, worker, &prev, handed_over);
     if let Some(p) = &st.preflight {
         let (on, reason, message) = preflight::condition(p);
         let c = Cond {
@@ -226,15 +230,24 @@ struct Cond {
     message: String,
 }
 
+/// A finalized migration whose worker a reverse took over (or whose worker came back in the
+/// reverse) stays finalized.
+fn handed_over(obs: &Observed, prev: &MigrationJobStatus) -> bool {
+    let worker_reverses =
+        matches!(&obs.worker, WorkerObs::Status(ws) if ws.direction == Direction::Reverse);
+    (obs.reversed_by.is_some() || worker_reverses)
+        && obs.reverse.is_none()
+        && prev.state.as_deref() == Some("finalized")
+}
+
 fn conditions(
     i: &Inputs<'_>,
     worker: Option<&WorkerStatus>,
     prev: &MigrationJobStatus,
+    handed_over: bool,
 ) -> Vec<Condition> {
     let obs = i.observed;
     let desired = i.spec.desired_state;
-    // A finalized job whose worker a reverse took over stays finalized.
-    let handed_over = obs.reversed_by.is_some() && prev.state.as_deref() == Some("finalized");
     let state = worker
         .map(|w| w.state)
         .or(handed_over.then_some(State::Finalized));
@@ -799,5 +812,27 @@ mod tests {
         assert_eq!(cond(&st, FINALIZED).last_transition_time, t(1));
         assert!(cond(&st, FINALIZED).message.contains("0 mismatches"));
         assert_eq!(cond(&st, READY).status, "True");
+        // Its worker came back in the reverse (the reverse MigrationJob was deleted): still
+        // the migration's figures.
+        let mut o = observed(worker(State::Paused, |w| {
+            w.direction = Direction::Reverse;
+            w.events_applied = 999;
+        }));
+        o.reversed_by = None;
+        let st = compute(&Inputs {
+            spec: &sp,
+            generation: Some(3),
+            observed: &o,
+            decision: &dec,
+            previous: Some(&done),
+            now: t(3),
+            preflight: &preflight::Outcome::NotRun,
+        });
+        assert_eq!(
+            (st.state.as_deref(), st.direction.as_deref()),
+            (Some("finalized"), Some("forward"))
+        );
+        assert_eq!(cond(&st, FINALIZED).status, "True");
+        assert_ne!(st.replication.as_ref().map(|r| r.events_applied), Some(999));
     }
 }
