@@ -61,7 +61,7 @@ impl Cache {
         self.jobs.get(&ObjectRef::new(name).within(ns))
     }
 
-    /// The jobs of namespace `ns` that reverse the job `name`.
+    /// The jobs of namespace `ns` that reverse the job `name`, oldest first.
     pub fn reverses_of(&self, ns: &str, name: &str) -> Vec<Arc<MigrationJob>> {
         use kube::ResourceExt;
         let mut v: Vec<_> = self
@@ -72,7 +72,7 @@ impl Cache {
                 j.namespace().as_deref() == Some(ns) && j.spec.reverse_of_name() == Some(name)
             })
             .collect();
-        v.sort_by_key(|j| j.name_any());
+        v.sort_by_key(|j| (j.creation_timestamp().map(|t| t.0), j.name_any()));
         v
     }
 }

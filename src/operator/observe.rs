@@ -45,7 +45,13 @@ pub async fn observe(ctx: &Context, job: &MigrationJob, now: Timestamp) -> Resul
         .spec
         .reverse_of_name()
         .and_then(|n| ctx.cache.job(&ns, n));
-    let resolved = reverse::resolve(job, referenced.as_deref());
+    let oldest_reverse = job.spec.reverse_of_name().and_then(|n| {
+        ctx.cache
+            .reverses_of(&ns, n)
+            .first()
+            .map(|r| format!("{ns}/{}", r.name_any()))
+    });
+    let resolved = reverse::resolve(job, referenced.as_deref(), oldest_reverse.as_deref());
     let own_state = job.status.as_ref().and_then(|s| s.state.as_deref());
     let started = matches!(
         own_state,

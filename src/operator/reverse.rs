@@ -16,6 +16,7 @@ use crate::api::crd::{Endpoint, MigrationJob};
 pub const NOT_FINALIZED: &str = "ReverseOfNotFinalized";
 pub const NOT_FOUND: &str = "ReverseOfNotFound";
 pub const OF_A_REVERSE: &str = "ReverseOfReverse";
+pub const TAKEN: &str = "ReverseOfTaken";
 
 /// The migration a worker pod serves: endpoints as the migration named them (source: the old
 /// source, target: the new cluster) and the migration's identity.
@@ -52,10 +53,12 @@ pub fn own(job: &MigrationJob) -> Option<Migration> {
 }
 
 /// The migration `job` serves, given the job its `spec.reverseOf` names (as the cache holds
-/// it). A forward job serves its own.
+/// it) and the oldest reverse of that job (`namespace/name`; one reverse per migration). A
+/// forward job serves its own.
 pub fn resolve(
     job: &MigrationJob,
     referenced: Option<&MigrationJob>,
+    oldest_reverse: Option<&str>,
 ) -> Result<Migration, Blocked> {
     let Some(name) = job.spec.reverse_of_name() else {
         return own(job).ok_or_else(|| Blocked {
@@ -83,6 +86,16 @@ pub fn resolve(
                 "MigrationJob {ns}/{name} is itself a reverse, and a reverse cannot be \
                  reversed: to migrate forward again, create a new MigrationJob with \
                  spec.source and spec.target"
+            ),
+        });
+    }
+    if let Some(other) = oldest_reverse.filter(|o| *o != key(job)) {
+        return Err(Blocked {
+            reason: TAKEN,
+            message: format!(
+                "MigrationJob {ns}/{name} is already reversed by MigrationJob {other}: one \
+                 reverse per migration; delete this MigrationJob (or the other one, then this \
+                 one takes the reverse over from its checkpoint)"
             ),
         });
     }
@@ -148,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_forward_job_serves_its_own_migration() {
-        let m = resolve(&forward(None), None).expect("own");
+        let m = resolve(&forward(None), None, None).expect("own");
         assert_eq!(
             (m.source.uri.as_str(), m.target.uri.as_str()),
             ("mongodb://old:1", "mongodb://new:1")
@@ -161,7 +174,12 @@ mod tests {
 
     #[test]
     fn a_reverse_serves_the_finalized_migration_it_names() {
-        let m = resolve(&reverse(), Some(&forward(Some("finalized")))).expect("resolved");
+        let m = resolve(
+            &reverse(),
+            Some(&forward(Some("finalized"))),
+            Some("shop/back"),
+        )
+        .expect("resolved");
         assert_eq!(
             m.source.uri, "mongodb://old:1",
             "the worker keeps the migration's roles"
@@ -175,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_reverse_is_refused_until_the_migration_is_finalized() {
-        let b = resolve(&reverse(), Some(&forward(Some("running")))).expect_err("refused");
+        let b = resolve(&reverse(), Some(&forward(Some("running"))), None).expect_err("refused");
         assert_eq!(b.reason, NOT_FINALIZED);
         assert!(
             b.message
@@ -184,9 +202,9 @@ mod tests {
             "{}",
             b.message
         );
-        let b = resolve(&reverse(), Some(&forward(None))).expect_err("refused");
+        let b = resolve(&reverse(), Some(&forward(None)), None).expect_err("refused");
         assert!(b.message.contains("(state: pending)"), "{}", b.message);
-        let b = resolve(&reverse(), None).expect_err("refused");
+        let b = resolve(&reverse(), None, None).expect_err("refused");
         assert_eq!(b.reason, NOT_FOUND);
         assert!(
             b.message.contains("shop/mig, which does not exist"),
@@ -198,7 +216,20 @@ mod tests {
             state: Some("finalized".into()),
             ..Default::default()
         });
-        let b = resolve(&reverse(), Some(&of_reverse)).expect_err("refused");
+        let b = resolve(&reverse(), Some(&of_reverse), None).expect_err("refused");
         assert_eq!(b.reason, OF_A_REVERSE);
+        let b = resolve(
+            &reverse(),
+            Some(&forward(Some("finalized"))),
+            Some("shop/first"),
+        )
+        .expect_err("one reverse per migration");
+        assert_eq!(b.reason, TAKEN);
+        assert!(
+            b.message
+                .contains("already reversed by MigrationJob shop/first"),
+            "{}",
+            b.message
+        );
     }
 }
