@@ -1037,6 +1037,43 @@ async fn reverse_through_the_operator() {
     mongoferry_e2e::compare::assert_converges(&new, &old, opts, Duration::from_secs(60)).await;
     println!("the old source equals the new cluster (indexes relaxed)");
 
+    // The reverse's worker pod deleted: the new one comes back in the reverse (it is not asked
+    // to begin another) and goes on from its checkpoint.
+    let before = events_applied(&kc.get("mj", "back").expect("reverse"));
+    let old_uid = kc.get("pod", "back-worker").expect("pod")["metadata"]["uid"].clone();
+    kc.ok(&["delete", "pod", "back-worker", "--wait=false"]);
+    new.database("shop")
+        .collection::<mongodb::bson::Document>("orders")
+        .insert_many((0..20).map(|i| doc! {"_id": format!("after-restart-{i}")}))
+        .await
+        .expect("insert");
+    wait_for_or(
+        "a new reverse worker pod, replicating again",
+        Duration::from_secs(180),
+        || {
+            let pod = kc.get("pod", "back-worker")?;
+            let j = kc.get("mj", "back")?;
+            (pod["metadata"]["uid"] != old_uid
+                && j["status"]["direction"] == "reverse"
+                && j["status"]["state"] == "running"
+                && events_applied(&j) > before)
+                .then_some(())
+        },
+        || job_status(&kc, "back"),
+    )
+    .await;
+    let events = kc.ok(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert_eq!(
+        events.matches("\"reason\": \"ReverseStarted\"").count(),
+        1,
+        "one reverse begun:\n{events}"
+    );
+    assert!(
+        !events.contains("\"note\": \"reverse: "),
+        "no reverse refused: {events}"
+    );
+    println!("the reverse's worker restarted and came back in the reverse");
+
     kc.finalize(None, "back", Duration::from_secs(300));
     let back = kc.get("mj", "back").expect("reverse");
     assert_eq!(back["status"]["direction"], "reverse");

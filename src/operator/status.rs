@@ -63,6 +63,18 @@ pub fn compute(i: &Inputs<'_>) -> MigrationJobStatus {
     let reverse = i.spec.reverse_of.is_some();
     let not_started;
     let worker = match worker {
+        // A restarted worker loads the migration before coming back in the reverse: keep the
+        // reverse's last figures meanwhile.
+        Some(ws)
+            if reverse
+                && ws.direction == Direction::Forward
+                && matches!(
+                    i.observed.reverse,
+                    Some(super::decide::ReverseObs::Ready { started: true })
+                ) =>
+        {
+            None
+        }
         Some(ws) if reverse && ws.direction == Direction::Forward && ws.state != State::Failed => {
             not_started = WorkerStatus {
                 ok: true,
@@ -755,6 +767,20 @@ mod tests {
         );
         assert_eq!(st.replication.as_ref().map(|r| r.events_applied), Some(5));
         assert_eq!(cond(&st, READY).status, "True");
+        // Its worker restarted and loads the migration again: the reverse's figures stay.
+        let mut o = observed(worker(State::Finalized, |_| {}));
+        o.reverse = Some(crate::operator::decide::ReverseObs::Ready { started: true });
+        let again = compute(&Inputs {
+            spec: &sp,
+            generation: Some(1),
+            observed: &o,
+            decision: &dec,
+            previous: Some(&st),
+            now: t(2),
+            preflight: &preflight::Outcome::NotRun,
+        });
+        assert_eq!(again.state.as_deref(), Some("running"));
+        assert_eq!(again.replication, st.replication);
         // Blocked: Ready says why.
         let blocked = Decision {
             blocked: Some("ReverseOfNotFinalized"),
