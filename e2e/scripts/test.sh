@@ -95,7 +95,7 @@ step "building the end-to-end suites"
 # can run side by side without cargo's build lock between them.
 declare -A suite_exe=()
 if cargo test -p mongoferry-e2e --no-run >"$LOGS/e2e-build.log" 2>&1; then
-    while read -r name exe; do suite_exe[$name]=$exe; done < <(
+    while read -r name exe; do [[ "$exe" == /* ]] || exe="$ROOT/$exe"; suite_exe[$name]=$exe; done < <(
         sed -nE 's/^ *Executable tests\/([a-z_0-9]+)\.rs \((.*)\)$/\1 \2/p' "$LOGS/e2e-build.log")
     echo "${#suite_exe[@]} suites built at $SECONDS s"
 else
