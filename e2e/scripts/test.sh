@@ -147,7 +147,7 @@ run_controlplane() {
 # Two lanes on two cores: lane A the data-heavy suites and the benchmark, lane B the suites
 # that mostly wait (leases, restarts, the Kubernetes control plane). A suite not named in
 # lane A runs in lane B.
-lane_a=(engine finalize transactions recovery preflight harness docs)
+lane_a=(engine finalize recovery reverse preflight harness docs)
 kube_step() { [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; }
 is_kube_suite() { [[ "$1" == operator* || "$1" == chart || "$1" == containers ]]; }
 lane_b=()
