@@ -90,45 +90,106 @@ if [[ -n "$cp_build_pid" ]] && ! wait "$cp_build_pid"; then
 fi
 echo "tools ready at $SECONDS s"
 
-step "end-to-end suites (real SecantusDB servers)"
-for t in $(ls e2e/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'); do
-    if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" && ( "$t" == operator* || "$t" == chart || "$t" == containers ) ]]; then continue; fi
-    echo "--- $t"
-    suite_start=$SECONDS
-    cargo test -p mongoferry-e2e --test "$t" -- --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-} \
+step "building the end-to-end suites"
+# Built once here, then run as plain executables (cwd e2e/, as cargo would) so that two lanes
+# can run side by side without cargo's build lock between them.
+declare -A suite_exe=()
+if cargo test -p mongoferry-e2e --no-run >"$LOGS/e2e-build.log" 2>&1; then
+    while read -r name exe; do [[ "$exe" == /* ]] || exe="$ROOT/$exe"; suite_exe[$name]=$exe; done < <(
+        sed -nE 's/^ *Executable tests\/([a-z_0-9]+)\.rs \((.*)\)$/\1 \2/p' "$LOGS/e2e-build.log")
+    echo "${#suite_exe[@]} suites built at $SECONDS s"
+else
+    tail -40 "$LOGS/e2e-build.log"; fail_step "e2e build"
+fi
+
+# Each step of a lane writes its log and a summary file (result lines, time, longest tests,
+# failures); the summaries are printed and tallied in a fixed order once both lanes are done.
+run_suite() { # name
+    local t=$1 start=$SECONDS sum="$LOGS/e2e-$1.summary"
+    (cd "$ROOT/e2e" && "${suite_exe[$t]}" --test-threads=1 --nocapture ${MONGOFERRY_TEST_FILTER:-}) \
         2>&1 | stamp >"$LOGS/e2e-$t.ts.log"
     cut -d' ' -f2- "$LOGS/e2e-$t.ts.log" >"$LOGS/e2e-$t.log"
-    echo "    ($t: $((SECONDS - suite_start)) s; longest: $(test_times "$LOGS/e2e-$t.ts.log"))"
-    grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
+    {
+        echo "--- $t (at $start s: $((SECONDS - start)) s; longest: $(test_times "$LOGS/e2e-$t.ts.log"))"
+        grep -E '^test |^test result:|^(copy|workload|1 MB|failed|paused|caught)' "$LOGS/e2e-$t.log" || true
+        show_failures "$LOGS/e2e-$t.log"
+        grep -q '^test result:' "$LOGS/e2e-$t.log" || tail -40 "$LOGS/e2e-$t.log"
+    } >"$sum"
+}
+run_demo() {
+    local start=$SECONDS mode=()
+    [[ -n "${MONGOFERRY_SKIP_KUBE:-}" ]] && mode=(--standalone)
+    if e2e/scripts/demo.sh "${mode[@]}" --documents 5000 >"$LOGS/demo.log" 2>&1; then
+        { echo ok; grep -E "operator running|paused in|verification|documents:|done in" "$LOGS/demo.log"; } >"$LOGS/demo.summary"
+    else
+        { echo failed; tail -20 "$LOGS/demo.log"; } >"$LOGS/demo.summary"
+    fi
+    echo "demo: $((SECONDS - start)) s (at $start s)" >>"$LOGS/demo.summary"
+}
+run_bench() {
+    # The debug bench and worker built above (no release build here): the figures are a smoke
+    # test only. Results go to target/bench-quick (never docs/). Passed if it exits 0.
+    local start=$SECONDS
+    if target/debug/bench --quick --out "$ROOT/target/bench-quick" >"$LOGS/bench-quick.log" 2>&1; then
+        echo ok >"$LOGS/bench.summary"
+    else
+        { echo failed; tail -20 "$LOGS/bench-quick.log"; } >"$LOGS/bench.summary"
+    fi
+    { grep -E '^summary:' "$LOGS/bench-quick.log" || true
+      echo "bench --quick: $((SECONDS - start)) s (at $start s; results in target/bench-quick/bench.json)"; } >>"$LOGS/bench.summary"
+}
+run_controlplane() {
+    local start=$SECONDS
+    e2e/controlplane/test.sh >"$LOGS/controlplane.log" 2>&1
+    { tail -25 "$LOGS/controlplane.log"; echo "control plane suite: $((SECONDS - start)) s (at $start s)"; } >"$LOGS/controlplane.summary"
+}
+
+# Two lanes on two cores: lane A the data-heavy suites and the benchmark, lane B the suites
+# that mostly wait (leases, restarts, the Kubernetes control plane). A suite not named in
+# lane A runs in lane B.
+lane_a=(engine finalize recovery reverse preflight harness docs)
+kube_step() { [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; }
+is_kube_suite() { [[ "$1" == operator* || "$1" == chart || "$1" == containers ]]; }
+lane_b=()
+for t in $(printf '%s\n' "${!suite_exe[@]}" | sort); do
+    if [[ " ${lane_a[*]} " == *" $t "* ]]; then continue; fi
+    if ! kube_step && is_kube_suite "$t"; then continue; fi
+    lane_b+=("$t")
+done
+rm -f "$LOGS"/*.summary
+step "end-to-end suites, two lanes: A ${lane_a[*]} + bench; B ${lane_b[*]} + demo + control plane"
+(
+    for t in "${lane_a[@]}"; do [[ -n "${suite_exe[$t]:-}" ]] && run_suite "$t"; done
+    run_bench
+) &
+lane_a_pid=$!
+(
+    for t in "${lane_b[@]}"; do run_suite "$t"; done
+    run_demo
+    if kube_step && [[ -x e2e/controlplane/test.sh ]]; then run_controlplane; fi
+) &
+lane_b_pid=$!
+wait "$lane_a_pid" "$lane_b_pid"
+echo "both lanes done at $SECONDS s"
+
+for t in $(printf '%s\n' "${!suite_exe[@]}" | sort); do
+    [[ -f "$LOGS/e2e-$t.summary" ]] || continue
+    cat "$LOGS/e2e-$t.summary"
     tally_cargo "$LOGS/e2e-$t.log"
-    show_failures "$LOGS/e2e-$t.log"
-    if ! grep -q '^test result:' "$LOGS/e2e-$t.log"; then tail -40 "$LOGS/e2e-$t.log"; fail_step "e2e $t did not run"; fi
+    grep -q '^test result:' "$LOGS/e2e-$t.log" || fail_step "e2e $t did not run"
 done
 
 step "demo (the README's main command: Helm + MigrationJob on the local control plane)"
-demo_mode=()
-if [[ -n "${MONGOFERRY_SKIP_KUBE:-}" ]]; then demo_mode=(--standalone); fi
-if e2e/scripts/demo.sh "${demo_mode[@]}" --documents 5000 >"$LOGS/demo.log" 2>&1; then
-    passed=$((passed + 1)); grep -E "operator running|paused in|verification|documents:|done in" "$LOGS/demo.log"
-else
-    tail -20 "$LOGS/demo.log"; fail_step "demo"
-fi
+if [[ "$(head -1 "$LOGS/demo.summary" 2>/dev/null)" == ok ]]; then passed=$((passed + 1)); else fail_step "demo"; fi
+tail -n +2 "$LOGS/demo.summary" 2>/dev/null
 
 step "benchmark smoke (bench --quick: measures, asserts no threshold)"
-# The debug bench and worker built above (no release build here): the figures are a smoke
-# test only. Results go to target/bench-quick (never docs/). One step: passed if it exits 0.
-bench_start=$SECONDS
-if target/debug/bench --quick --out "$ROOT/target/bench-quick" >"$LOGS/bench-quick.log" 2>&1; then
-    passed=$((passed + 1))
-else
-    tail -20 "$LOGS/bench-quick.log"; fail_step "bench --quick"
-fi
-grep -E '^summary:' "$LOGS/bench-quick.log" || true
-echo "bench --quick: $((SECONDS - bench_start)) s (results in target/bench-quick/bench.json)"
+if [[ "$(head -1 "$LOGS/bench.summary" 2>/dev/null)" == ok ]]; then passed=$((passed + 1)); else fail_step "bench --quick"; fi
+tail -n +2 "$LOGS/bench.summary" 2>/dev/null
 
-if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/controlplane/test.sh ]]; then
+if kube_step && [[ -x e2e/controlplane/test.sh ]]; then
     step "Kubernetes control plane (kube-apiserver + etcd + GC built from Go modules)"
-    e2e/controlplane/test.sh 2>&1 | tee "$LOGS/controlplane.log" | tail -25
+    cat "$LOGS/controlplane.summary" 2>/dev/null
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOGS/controlplane.log" | tail -1)
     if [[ -n "$line" ]]; then
         passed=$((passed + $(echo "$line" | cut -d' ' -f1)))

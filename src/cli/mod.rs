@@ -232,6 +232,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "MONGOFERRY_LEASE_TTL", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(3..=600))]
     pub lease_ttl: u64,
+    /// Cores the worker sizes itself for: async threads and the default readers, inserters
+    /// and appliers (default: the cores it may use). Memory does not grow with it.
+    #[arg(long, env = "MONGOFERRY_CPUS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub cpus: Option<u16>,
 }
 
 #[derive(Args, Debug)]

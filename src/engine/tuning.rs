@@ -1,5 +1,7 @@
 //! Tuning knobs with their defaults, resolved from a start request. Pure.
 
+use std::sync::OnceLock;
+
 use crate::api::StartRequest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +26,32 @@ pub const MIB: u64 = 1024 * 1024;
 /// Default concurrency of the catalog phase.
 pub const CATALOG_WORKERS: usize = 8;
 
+/// The cores set by `set_cpus` (the worker's `--cpus`), if any.
+static CPUS: OnceLock<usize> = OnceLock::new();
+
+/// Size the defaults for `n` cores instead of the detected ones (once, at start-up).
+pub fn set_cpus(n: usize) {
+    let _ = CPUS.set(n.max(1));
+}
+
+/// The cores the defaults are sized for.
+pub fn cpus() -> usize {
+    CPUS.get().copied().unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    })
+}
+
 impl Default for Tuning {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        Tuning::for_cpus(cpus())
+    }
+}
+
+impl Tuning {
+    /// The defaults on a machine with `cpus` cores. Pure.
+    pub fn for_cpus(cpus: usize) -> Self {
         Tuning {
             parallel_collections: 2,
             catalog_workers: CATALOG_WORKERS,
@@ -113,6 +136,26 @@ pub fn resolve(req: &StartRequest) -> Result<Tuning, String> {
 mod tests {
     use super::*;
     use crate::api::{CloneTuning, ReplicationTuning};
+
+    #[test]
+    fn workers_grow_with_the_cores_and_the_memory_budget_does_not() {
+        let (two, sixteen) = (Tuning::for_cpus(2), Tuning::for_cpus(16));
+        assert_eq!(
+            (two.read_workers, two.insert_workers, two.repl_workers),
+            (2, 4, 4)
+        );
+        assert_eq!(
+            (
+                sixteen.read_workers,
+                sixteen.insert_workers,
+                sixteen.repl_workers
+            ),
+            (8, 16, 16)
+        );
+        assert_eq!(two.budget_kib, sixteen.budget_kib);
+        assert_eq!(two.batch_bytes, sixteen.batch_bytes);
+        assert_eq!(two.partition_bytes, sixteen.partition_bytes);
+    }
 
     #[test]
     fn defaults_and_overrides() {

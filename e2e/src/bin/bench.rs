@@ -45,6 +45,8 @@ const BATCH_BYTES: u64 = 4 * MIB;
 /// request).
 const MIXED_GENERATORS: u32 = 16;
 const SECTIONS: &[&str] = &["copy", "apply", "txn", "memory", "scale", "operator"];
+/// Sections run only when named (`--peers`, or in `--only`).
+const EXTRA_SECTIONS: &[&str] = &["peers"];
 
 struct Opts {
     quick: bool,
@@ -54,6 +56,8 @@ struct Opts {
     collections: Option<usize>,
     /// Overrides the data per mix of the Copy section, MiB.
     copy_mib: Option<u64>,
+    /// MiB of regular and of small documents the peers section copies (peerbench's sizes).
+    peers_mib: (u64, u64),
 }
 
 /// Sizes of one run (`--quick` or full).
@@ -83,7 +87,8 @@ impl Sizes {
                 copy_collections: 4,
                 apply_window: Duration::from_secs(20),
                 apply_rates: vec![500, 1000, 2000],
-                mem_sizes: [1024 * MIB, 3 * 1024 * MIB],
+                // 2,000 documents of 1 MB, and 3 GiB.
+                mem_sizes: [2_000_000_000, 3 * 1024 * MIB],
                 many_collections: 10_000,
             }
         }
@@ -92,8 +97,8 @@ impl Sizes {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--quick] [--out DIR] [--only {}] [--collections N] [--copy-mib N]",
-        SECTIONS.join(",")
+        "usage: bench [--quick] [--out DIR] [--only {}] [--collections N] [--copy-mib N] [--peers] [--peers-mib REGULAR,SMALL]",
+        SECTIONS.iter().chain(EXTRA_SECTIONS).copied().collect::<Vec<_>>().join(",")
     );
     std::process::exit(2)
 }
@@ -106,6 +111,7 @@ fn parse_args() -> Opts {
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         collections: None,
         copy_mib: None,
+        peers_mib: (256, 64),
     };
     let mut out = None;
     let mut args = std::env::args().skip(1);
@@ -124,8 +130,27 @@ fn parse_args() -> Opts {
             "--only" => {
                 let list = args.next().unwrap_or_else(|| usage());
                 o.only = list.split(',').map(|s| s.trim().to_string()).collect();
-                if o.only.iter().any(|s| !SECTIONS.contains(&s.as_str())) {
+                let known = |s: &String| {
+                    SECTIONS.contains(&s.as_str()) || EXTRA_SECTIONS.contains(&s.as_str())
+                };
+                if !o.only.iter().all(known) {
                     usage();
+                }
+            }
+            "--peers" => {
+                if !o.only.iter().any(|s| s == "peers") {
+                    o.only.push("peers".into());
+                }
+            }
+            "--peers-mib" => {
+                let sizes = args.next().unwrap_or_else(|| usage());
+                let v: Vec<u64> = sizes
+                    .split(',')
+                    .map(|v| v.trim().parse().unwrap_or_else(|_| usage()))
+                    .collect();
+                match v[..] {
+                    [r, s] => o.peers_mib = (r, s),
+                    _ => usage(),
                 }
             }
             "-h" | "--help" => usage(),
@@ -310,10 +335,19 @@ async fn source_server() -> Res<MongoServer> {
 }
 
 async fn worker(src: &MongoServer, dst: &MongoServer) -> WorkerProcess {
+    worker_for_cpus(src, dst, None).await
+}
+
+/// A worker sized for `cpus` cores (`--cpus`) instead of the ones it detects.
+async fn worker_for_cpus(src: &MongoServer, dst: &MongoServer, cpus: Option<u16>) -> WorkerProcess {
+    let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+    if let Some(n) = cpus {
+        env.push(("MONGOFERRY_CPUS".into(), n.to_string()));
+    }
     WorkerProcess::start(WorkerOptions {
         source: src.uri(),
         target: dst.uri(),
-        env: vec![("RUST_LOG".into(), "info".into())],
+        env,
         ..Default::default()
     })
     .await
@@ -382,7 +416,16 @@ struct CopyRun {
 /// Copy `include` with a fresh worker; time from the answer to `POST /start` (after the
 /// worker's preflight, timed apart) to `cloneCompleted`.
 async fn worker_copy(src: &MongoServer, dst: &MongoServer, include: &[String]) -> Res<CopyRun> {
-    let w = worker(src, dst).await;
+    worker_copy_cpus(src, dst, include, None).await
+}
+
+async fn worker_copy_cpus(
+    src: &MongoServer,
+    dst: &MongoServer,
+    include: &[String],
+    cpus: Option<u16>,
+) -> Res<CopyRun> {
+    let w = worker_for_cpus(src, dst, cpus).await;
     let p0 = Instant::now();
     start(&w, json!({ "includeNamespaces": include })).await?;
     let preflight_secs = p0.elapsed().as_secs_f64();
@@ -1273,45 +1316,67 @@ async fn bench_txn(sz: &Sizes, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// Cores the worker is sized for in the Memory section's extra row: its memory must not grow
+/// with them (the copy's workers do).
+const MEMORY_CPUS: u16 = 16;
+
 async fn bench_memory(sz: &Sizes, rep: &mut Report) -> Res<Vec<(u64, f64)>> {
     let src = source_server().await?;
     let sc = src.client();
     let mut md = String::from(
-        "| data (1 MB documents) | documents | copy time | MB/s | s/GB | preflight | worker peak RSS (VmHWM) | load |\n|---|---|---|---|---|---|---|---|\n",
+        "| data (1 MB documents) | documents | worker cores | copy time | MB/s | s/GB | preflight | worker peak RSS (VmHWM) | load |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     let mut per_gb = Vec::new();
+    let detected = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for (i, bytes) in sz.mem_sizes.iter().enumerate() {
         let db = format!("bench_mem{i}");
         eprintln!("bench: memory/{}: seeding", size_label(*bytes));
         let (docs, seeded) = seed_db(&sc, &db, 2, *bytes, 1_000_000, 50 + i as u64).await?;
-        let l0 = load();
-        let run = {
-            let dst = server().await?;
-            worker_copy(&src, &dst, &[format!("{db}.*")]).await?
+        // The first size also with the worker sized for MEMORY_CPUS cores.
+        let cores: &[Option<u16>] = if i == 0 {
+            &[None, Some(MEMORY_CPUS)]
+        } else {
+            &[None]
         };
-        let l1 = load();
-        let s_gb = run.secs / (seeded as f64 / 1e9);
-        per_gb.push((seeded, s_gb));
-        md.push_str(&format!(
-            "| {} | {docs} | {:.1} s | {} | {:.1} | {:.1} s | **{:.0} MiB** | {l0:.1}–{l1:.1} |\n",
-            size_label(seeded),
-            run.secs,
-            f1(mb(seeded) / run.secs),
-            s_gb,
-            run.preflight_secs,
-            mib(run.peak_rss)
-        ));
-        rep.summary.push(format!(
-            "memory {}: copy {:.1} s, worker peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
-            size_label(seeded),
-            run.secs,
-            mib(run.peak_rss)
-        ));
-        rows.push(
-            json!({"bytes": seeded, "documents": docs, "seconds": run.secs, "preflightSeconds": run.preflight_secs,
-            "copiedBytes": run.bytes, "peakRssBytes": run.peak_rss, "load": [l0, l1]}),
-        );
+        for cpus in cores {
+            let l0 = load();
+            let run = {
+                let dst = server().await?;
+                worker_copy_cpus(&src, &dst, &[format!("{db}.*")], *cpus).await?
+            };
+            let l1 = load();
+            let s_gb = run.secs / (seeded as f64 / 1e9);
+            let cores_label = match cpus {
+                Some(n) => format!("{n} (`--cpus`)"),
+                None => format!("{detected} (detected)"),
+            };
+            if cpus.is_none() {
+                per_gb.push((seeded, s_gb));
+            }
+            md.push_str(&format!(
+                "| {} | {docs} | {cores_label} | {:.1} s | {} | {:.1} | {:.1} s | **{:.0} MiB** | {l0:.1}–{l1:.1} |\n",
+                size_label(seeded),
+                run.secs,
+                f1(mb(seeded) / run.secs),
+                s_gb,
+                run.preflight_secs,
+                mib(run.peak_rss)
+            ));
+            rep.summary.push(format!(
+                "memory {} ({cores_label} cores): copy {:.1} s, worker peak RSS {:.0} MiB (load {l0:.1}-{l1:.1})",
+                size_label(seeded),
+                run.secs,
+                mib(run.peak_rss)
+            ));
+            rows.push(
+                json!({"bytes": seeded, "documents": docs, "cpus": cpus.map(usize::from).unwrap_or(detected),
+                "cpusOverride": cpus, "seconds": run.secs, "preflightSeconds": run.preflight_secs,
+                "copiedBytes": run.bytes, "peakRssBytes": run.peak_rss, "load": [l0, l1]}),
+            );
+        }
         sc.database(&db).drop().await?;
     }
     rep.section("Memory", &md);
@@ -1397,6 +1462,74 @@ async fn bench_scale(sz: &Sizes, per_gb: &[(u64, f64)], rep: &mut Report) -> Res
             "maxGapSeconds": run.max_gap_secs, "preflightSeconds": run.preflight_secs, "peakRssBytes": run.peak_rss, "load": [l0, l1],
             "timePerGb": lin}),
     );
+    Ok(())
+}
+
+/// The peers (PCSM, mongodump|mongorestore) beside mongoferry, run by their own harness
+/// (`peerbench` in `../shared/peers`, or `MONGOFERRY_PEERS_DIR`) on the same servers and data
+/// in one run. Skipped, with a line saying so, where the peers are not present.
+fn bench_peers(opts: &Opts, bin: &Path, rep: &mut Report) -> Res<()> {
+    let root = repo_root();
+    let dir = std::env::var("MONGOFERRY_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/peers"));
+    let script = dir.join("run.sh");
+    if !script.exists() {
+        let msg = format!(
+            "skipped: no peers at {} (set MONGOFERRY_PEERS_DIR)",
+            dir.display()
+        );
+        rep.section("Against the peers", &msg);
+        rep.json.insert("peers".into(), json!({ "skipped": msg }));
+        return Ok(());
+    }
+    let out = opts.out.join("peers");
+    let (regular, small) = opts.peers_mib;
+    let server = mongoferry_e2e::servers::find_binary(mongoferry_e2e::servers::ServerKind::Rust)
+        .map_err(|e| format!("secantusd-rs: {e}"))?;
+    eprintln!(
+        "bench: peers: {} {regular} {small} -> {}",
+        script.display(),
+        out.display()
+    );
+    let st = Command::new("bash")
+        .arg(&script)
+        .args([regular.to_string(), small.to_string()])
+        .env("MONGOFERRY_BIN", bin)
+        .env("SECANTUSD_RS", &server)
+        .env("OUT", &out)
+        .env("WORK", root.join("target/peerbench-work"))
+        .current_dir(&root)
+        .status()?;
+    let results = std::fs::read_to_string(out.join("results.md")).unwrap_or_default();
+    // peerbench's own headings, one level below this report's sections.
+    let table = results
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if l.starts_with("# ") || l.starts_with("## ") => format!("###{rest}"),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    rep.section(
+        &format!("Against the peers (peerbench {regular} {small}, same run)"),
+        &format!(
+            "Reproduce: `{} {regular} {small}`. Every number: `{}`.\n\n{table}",
+            script.display(),
+            out.join("results.json").display()
+        ),
+    );
+    if let Ok(j) = std::fs::read_to_string(out.join("results.json")) {
+        rep.json.insert(
+            "peers".into(),
+            serde_json::from_str(&j).unwrap_or(Value::String(j)),
+        );
+    }
+    if !st.success() {
+        return Err(format!("peerbench exited with {st}").into());
+    }
+    rep.summary
+        .push(format!("peers: peerbench results in {}", out.display()));
     Ok(())
 }
 
@@ -1703,6 +1836,11 @@ async fn run(opts: Opts, bin: PathBuf) -> Res<()> {
     }
     if on("operator") {
         bench_operator(opts.quick, &bin, &mut rep).await;
+    }
+    if on("peers") {
+        if let Err(e) = bench_peers(&opts, &bin, &mut rep) {
+            failures.push(format!("peers: {e}"));
+        }
     }
     let total = started.elapsed().as_secs_f64();
     let header = format!(
