@@ -44,23 +44,31 @@ command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null 2>&1 || true
 
 # The test servers and the control plane are built (first time only) in the background while
-# the lints and the Rust build run: on 2 cores their build steps fill each other's idle gaps.
-step "building the test tools in the background (SecantusDB; the control plane)"
+# the Rust build runs: on 2 cores their build steps fill each other's idle gaps.
+step "building the test tools in the background (SecantusDB; the control plane and Helm)"
 e2e/scripts/install-secantus.sh >"$LOGS/secantus.out" 2>"$LOGS/secantus-install.log" &
 secantus_pid=$!
-cp_build_pid=""
 if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" && -x e2e/scripts/controlplane.sh ]] && command -v go >/dev/null; then
-    e2e/scripts/controlplane.sh build >"$LOGS/controlplane-build.log" 2>&1 &
-    cp_build_pid=$!
+    # Not waited for: a failed build shows in the Kubernetes suites, which build it again
+    # (both scripts take a lock, so a suite that needs a tool first waits for this build).
+    { e2e/scripts/controlplane.sh build && e2e/scripts/install-helm.sh; } >"$LOGS/controlplane-build.log" 2>&1 &
 fi
-
-step "formatting and lints"
-if cargo fmt --all -- --check >"$LOGS/fmt.log" 2>&1; then passed=$((passed + 1)); else cat "$LOGS/fmt.log"; fail_step "cargo fmt"; fi
-if cargo clippy --workspace --all-targets -- -D warnings >"$LOGS/clippy.log" 2>&1; then passed=$((passed + 1)); else tail -50 "$LOGS/clippy.log"; fail_step "cargo clippy"; fi
 
 step "build"
 cargo build --workspace --bins 2>&1 | tail -2
 export MONGOFERRY_BIN="$ROOT/target/debug/mongoferry"
+
+step "building the end-to-end suites"
+# Built once here, then run as plain executables (cwd e2e/, as cargo would) so that the lanes
+# below run side by side without cargo's build lock between them.
+declare -A suite_exe=()
+if cargo test -p mongoferry-e2e --no-run >"$LOGS/e2e-build.log" 2>&1; then
+    while read -r name exe; do [[ "$exe" == /* ]] || exe="$ROOT/$exe"; suite_exe[$name]=$exe; done < <(
+        sed -nE 's/^ *Executable tests\/([a-z_0-9]+)\.rs \((.*)\)$/\1 \2/p' "$LOGS/e2e-build.log")
+    echo "${#suite_exe[@]} suites built at $SECONDS s"
+else
+    tail -40 "$LOGS/e2e-build.log"; fail_step "e2e build"
+fi
 if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; then
     # The image the Kubernetes suites run (the debug binary and its shared libraries, packed
     # by build-image.sh without a daemon; runc runs it). Cached by the binary's hash.
@@ -72,35 +80,30 @@ if [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; then
     fi
 fi
 
-step "unit tests"
-cargo test --workspace --lib --bins 2>&1 | tee "$LOGS/unit.log" | grep -E '^test result:|FAILED|panicked' || true
-tally_cargo "$LOGS/unit.log"
-show_failures "$LOGS/unit.log"
+# Lane C: the formatting check, the lints and the unit tests need no server. They run beside
+# the wait for SecantusDB (a cold build takes minutes) and then beside the suites, which spend
+# much of their time waiting on leases and restarts. Their results are tallied at the end.
+run_checks() {
+    local start=$SECONDS
+    if cargo fmt --all -- --check >"$LOGS/fmt.log" 2>&1; then echo "fmt ok"; else echo "fmt failed"; fi >"$LOGS/checks.summary"
+    if cargo clippy --workspace --all-targets -- -D warnings >"$LOGS/clippy.log" 2>&1; then
+        echo "clippy ok"; else echo "clippy failed"; fi >>"$LOGS/checks.summary"
+    cargo test --workspace --lib --bins >"$LOGS/unit.log" 2>&1
+    echo "lints and unit tests: $((SECONDS - start)) s (at $start s)" >>"$LOGS/checks.summary"
+}
+rm -f "$LOGS"/*.summary
+run_checks &
+checks_pid=$!
 
-step "waiting for the test tools"
+step "waiting for SecantusDB"
 if ! wait "$secantus_pid"; then
     cat "$LOGS/secantus-install.log"; echo "cannot install SecantusDB"; exit 1
 fi
 SECANTUSD_RS="$(tail -n 1 "$LOGS/secantus.out")"
 export SECANTUSD_RS
-echo "secantusd-rs: $SECANTUSD_RS"
-if [[ -n "$cp_build_pid" ]] && ! wait "$cp_build_pid"; then
-    # Not fatal here: the suites that need it build it again and report their own failure.
-    tail -20 "$LOGS/controlplane-build.log"
-fi
-echo "tools ready at $SECONDS s"
-
-step "building the end-to-end suites"
-# Built once here, then run as plain executables (cwd e2e/, as cargo would) so that two lanes
-# can run side by side without cargo's build lock between them.
-declare -A suite_exe=()
-if cargo test -p mongoferry-e2e --no-run >"$LOGS/e2e-build.log" 2>&1; then
-    while read -r name exe; do [[ "$exe" == /* ]] || exe="$ROOT/$exe"; suite_exe[$name]=$exe; done < <(
-        sed -nE 's/^ *Executable tests\/([a-z_0-9]+)\.rs \((.*)\)$/\1 \2/p' "$LOGS/e2e-build.log")
-    echo "${#suite_exe[@]} suites built at $SECONDS s"
-else
-    tail -40 "$LOGS/e2e-build.log"; fail_step "e2e build"
-fi
+echo "secantusd-rs: $SECANTUSD_RS (ready at $SECONDS s)"
+# The control plane's build (if still running) is not waited for here: the Kubernetes suites
+# come last in their lane, and controlplane.sh serialises on the build's lock.
 
 # Each step of a lane writes its log and a summary file (result lines, time, longest tests,
 # failures); the summaries are printed and tallied in a fixed order once both lanes are done.
@@ -144,20 +147,21 @@ run_controlplane() {
     { tail -25 "$LOGS/controlplane.log"; echo "control plane suite: $((SECONDS - start)) s (at $start s)"; } >"$LOGS/controlplane.summary"
 }
 
-# Two lanes on two cores: lane A the data-heavy suites and the benchmark, lane B the suites
-# that mostly wait (leases, restarts, the Kubernetes control plane). A suite not named in
-# lane A runs in lane B.
-lane_a=(engine finalize recovery reverse preflight harness docs)
+# Lanes A and B run the suites side by side on the two cores: lane A the data-heavy suites
+# and the benchmark, lane B the suites that mostly wait (leases, restarts), then the
+# Kubernetes ones (last, so that a cold control-plane build has time to finish), the demo and
+# the control plane's own tests. A suite not named in lane A runs in lane B.
+lane_a=(engine finalize reliability reverse recovery preflight harness docs)
 kube_step() { [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; }
 is_kube_suite() { [[ "$1" == operator* || "$1" == chart || "$1" == containers ]]; }
 lane_b=()
+lane_b_kube=()
 for t in $(printf '%s\n' "${!suite_exe[@]}" | sort); do
     if [[ " ${lane_a[*]} " == *" $t "* ]]; then continue; fi
-    if ! kube_step && is_kube_suite "$t"; then continue; fi
-    lane_b+=("$t")
+    if is_kube_suite "$t"; then kube_step && lane_b_kube+=("$t"); else lane_b+=("$t"); fi
 done
-rm -f "$LOGS"/*.summary
-step "end-to-end suites, two lanes: A ${lane_a[*]} + bench; B ${lane_b[*]} + demo + control plane"
+lane_b+=("${lane_b_kube[@]}")
+step "end-to-end suites, three lanes: A ${lane_a[*]} + bench; B ${lane_b[*]} + demo + control plane; C lints + unit tests"
 (
     for t in "${lane_a[@]}"; do [[ -n "${suite_exe[$t]:-}" ]] && run_suite "$t"; done
     run_bench
@@ -169,8 +173,19 @@ lane_a_pid=$!
     if kube_step && [[ -x e2e/controlplane/test.sh ]]; then run_controlplane; fi
 ) &
 lane_b_pid=$!
-wait "$lane_a_pid" "$lane_b_pid"
-echo "both lanes done at $SECONDS s"
+wait "$lane_a_pid" "$lane_b_pid" "$checks_pid"
+echo "all lanes done at $SECONDS s"
+
+step "formatting, lints and unit tests (lane C)"
+cat "$LOGS/checks.summary" 2>/dev/null
+if grep -qx "fmt ok" "$LOGS/checks.summary" 2>/dev/null; then passed=$((passed + 1)); else cat "$LOGS/fmt.log"; fail_step "cargo fmt"; fi
+if grep -qx "clippy ok" "$LOGS/checks.summary" 2>/dev/null; then passed=$((passed + 1)); else tail -50 "$LOGS/clippy.log"; fail_step "cargo clippy"; fi
+grep -E '^test result:|FAILED|panicked' "$LOGS/unit.log"
+grep -q '^test result:' "$LOGS/unit.log" || { tail -30 "$LOGS/unit.log"; fail_step "unit tests did not run"; }
+tally_cargo "$LOGS/unit.log"
+show_failures "$LOGS/unit.log"
+
+step "end-to-end suites"
 
 for t in $(printf '%s\n' "${!suite_exe[@]}" | sort); do
     [[ -f "$LOGS/e2e-$t.summary" ]] || continue
