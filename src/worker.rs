@@ -162,6 +162,7 @@ pub async fn preflight(
         reset: a.reset,
         throughput_mbps: a.throughput_mbps,
         owned: Default::default(),
+        sizes: None,
     };
     opts.filter()?;
     // Namespaces an earlier run of a job on this target created are replaced, not refused.

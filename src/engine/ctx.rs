@@ -15,4 +15,6 @@ pub struct Ctx {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub live: Live,
+    /// Sizes the preflight measured before a start, for the copy's catalog.
+    pub sizes: super::catalog::sizes::Sizes,
 }

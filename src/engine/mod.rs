@@ -64,6 +64,8 @@ pub struct PreflightOptions {
     pub throughput_mbps: Option<f64>,
     /// Target namespaces created by an earlier run of this job (replaced, not refused).
     pub owned: HashSet<String>,
+    /// Where to leave the collection sizes measured, for the copy that may follow.
+    pub sizes: Option<catalog::sizes::Sizes>,
 }
 
 impl PreflightOptions {
@@ -136,6 +138,7 @@ impl Engine {
             store,
             metrics,
             live: Live::default(),
+            sizes: Default::default(),
         });
         let mongo = Arc::new(stages::Mongo { ctx: ctx.clone() });
         Self::with_parts(ctx, mongo.clone(), mongo)
@@ -201,6 +204,7 @@ impl Engine {
             reset: q.reset,
             throughput_mbps: q.throughput_mbps.or(self.inner.preflight_throughput),
             owned: Default::default(),
+            sizes: Some(self.inner.ctx.sizes.clone()),
         };
         opts.filter()
             .map_err(|e| CommandError::Invalid(e.to_string()))?;

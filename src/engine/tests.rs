@@ -228,6 +228,7 @@ fn ctx() -> Arc<Ctx> {
         target: client,
         metrics: Arc::new(Metrics::new()),
         live: Live::default(),
+        sizes: Default::default(),
     })
 }
 

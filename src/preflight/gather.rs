@@ -197,7 +197,13 @@ struct Sized {
 /// Size, index count and access probes of one selected collection: metadata commands only
 /// (`collStats` within the budget, `listIndexes`, and the `find` privilege proven by an
 /// `_id` lookup that matches nothing).
-async fn size_one(source: &Client, i: usize, db: &str, coll: &str, deadline: Instant) -> Sized {
+async fn size_one(
+    source: &Client,
+    i: usize,
+    (db, coll): (&str, &str),
+    deadline: Instant,
+    keep: Option<&catalog::sizes::Sizes>,
+) -> Sized {
     let mut out = Sized {
         size: None,
         indexes: 0,
@@ -228,7 +234,13 @@ async fn size_one(source: &Client, i: usize, db: &str, coll: &str, deadline: Ins
     };
     let (size, ix, find) = tokio::join!(sizing, indexes, find);
     match size {
-        Ok(s) => out.size = s,
+        Ok(s) => {
+            // Left for the copy that may follow this preflight (see `catalog::sizes`).
+            if let (Some(k), Some((bytes, docs))) = (keep, s) {
+                k.put(db, coll, bytes, docs);
+            }
+            out.size = s
+        }
         Err(e) => {
             if i < FIND_PROBES || matches!(e, EngineError::Unauthorized { .. }) {
                 out.probes.push(engine_probe(
@@ -320,7 +332,7 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
     let deadline = Instant::now() + SIZE_BUDGET;
     let sized: Vec<Sized> = futures::stream::iter(sel.selected.clone().into_iter().enumerate())
         .map(|(i, (db, coll)): (usize, (String, String))| async move {
-            size_one(source, i, &db, &coll, deadline).await
+            size_one(source, i, (&db, &coll), deadline, opts.sizes.as_ref()).await
         })
         .buffered(SIZE_CONCURRENCY)
         .collect()

@@ -131,7 +131,11 @@ async fn create_entries(
     let mut created = futures::stream::iter(entries)
         .map(|mut e| async move {
             if e.kind == "collection" {
-                let (b, n) = super::estimate(&ctx.source, &e.db, &e.coll).await?;
+                // Measured by the preflight moments ago, or now.
+                let (b, n) = match ctx.sizes.take(&e.db, &e.coll) {
+                    Some(s) => s,
+                    None => super::estimate(&ctx.source, &e.db, &e.coll).await?,
+                };
                 e.size_bytes = b;
                 e.documents = n;
             }

@@ -29,7 +29,6 @@ use super::store::Checkpoint;
 use super::tuning::Tuning;
 use applier::Msg;
 use router::{Routed, Router};
-use translate::Translated;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplOutcome {
@@ -190,7 +189,7 @@ pub async fn replicate(
                     ctx.metrics.events_read.inc();
                     ctx.live.events_read.fetch_add(1, Ordering::Relaxed);
                     // The transactions this event proves complete go first.
-                    let barrier = tid.is_none() && translate::translate(&ev) == Translated::Ddl;
+                    let barrier = tid.is_none() && translate::is_ddl(&ev);
                     if let Some(id) = &tid {
                         open.observe(id, ts);
                     }

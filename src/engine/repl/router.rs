@@ -149,9 +149,10 @@ impl Router {
         self.seq
     }
 
-    /// An event's operation, ready to route: `None` when it is not replicated.
-    fn crud(&self, ev: &Document) -> Result<Option<Routable>> {
-        match translate::translate(ev) {
+    /// An event's operation (`t`, its translation), ready to route: `None` when it is not
+    /// replicated.
+    fn crud(&self, ev: &Document, t: Translated) -> Result<Option<Routable>> {
+        match t {
             Translated::Crud { db, coll, op } => {
                 if !self.filter.selected(&db, &coll) {
                     return Ok(None);
@@ -252,7 +253,7 @@ impl Router {
         let mut ops: Vec<Routable> = Vec::with_capacity(events.len());
         let mut size = 0usize;
         for (ev, sz) in events {
-            if translate::translate(ev) == Translated::Ddl {
+            if translate::is_ddl(ev) {
                 let ns = translate::event_ns(ev);
                 if ns.is_some_and(|(db, coll)| again(&self.replayed, &db, coll.as_deref()))
                     && self.dispatch(ev, *sz).await? == Routed::NeedsCopy
@@ -261,7 +262,7 @@ impl Router {
                 }
                 continue;
             }
-            if let Some(r) = self.crud(ev)? {
+            if let Some(r) = self.crud(ev, translate::translate(ev))? {
                 if again(&self.replayed, &r.op.db, Some(&r.op.coll)) {
                     ops.push(r);
                     size += sz;
@@ -339,9 +340,10 @@ impl Router {
 
     /// Route one event of `size` bytes: CRUD to its applier, DDL behind a barrier.
     pub async fn dispatch(&mut self, ev: &Document, size: usize) -> Result<Routed> {
+        // Translated once: a translation copies the event's documents.
         match translate::translate(ev) {
-            Translated::Crud { .. } => {
-                if let Some(r) = self.crud(ev)? {
+            t @ Translated::Crud { .. } => {
+                if let Some(r) = self.crud(ev, t)? {
                     let ts = ev.get_timestamp("clusterTime").ok();
                     if ts.is_some_and(|t| self.replayed.skips(&r.op.db, &r.op.coll, r.key, t)) {
                         debug!("event skipped: a transaction applied by an earlier run is newer");

@@ -84,11 +84,17 @@ pub fn event_ns(ev: &Document) -> Option<(String, Option<String>)> {
     Some((db, coll))
 }
 
+/// Whether an event is DDL, without translating it (no copy of its documents).
+pub fn is_ddl(ev: &Document) -> bool {
+    ev.get_str("operationType")
+        .is_ok_and(|op| DDL_TYPES.contains(&op))
+}
+
 pub fn translate(ev: &Document) -> Translated {
-    let op = ev.get_str("operationType").unwrap_or("");
-    if DDL_TYPES.contains(&op) {
+    if is_ddl(ev) {
         return Translated::Ddl;
     }
+    let op = ev.get_str("operationType").unwrap_or("");
     match op {
         "insert" | "replace" | "update" | "delete" => {}
         "shardCollection" => return Translated::Skip("shardCollection is not mirrored"),
@@ -426,6 +432,24 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn is_ddl_agrees_with_translate() {
+        let kinds = DDL_TYPES.iter().copied().chain([
+            "insert",
+            "update",
+            "replace",
+            "delete",
+            "invalidate",
+            "shardCollection",
+            "whatever",
+        ]);
+        for k in kinds {
+            let e = ev(k, doc! {"fullDocument": {"_id": 1}});
+            assert_eq!(is_ddl(&e), translate(&e) == Translated::Ddl, "{k}");
+        }
+        assert!(!is_ddl(&Document::new()));
     }
 
     #[test]
