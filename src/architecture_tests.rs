@@ -31,6 +31,7 @@ const ENGINE_RANK: &[(&str, u8)] = &[
     ("filter", 0),
     ("tuning", 0),
     ("state", 0),
+    ("sizes", 0),
     ("reply", 1),
     ("conn", 1),
     ("store", 2),

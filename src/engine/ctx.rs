@@ -16,5 +16,5 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub live: Live,
     /// Sizes the preflight measured before a start, for the copy's catalog.
-    pub sizes: super::catalog::sizes::Sizes,
+    pub sizes: super::sizes::Sizes,
 }

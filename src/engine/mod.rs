@@ -23,6 +23,7 @@ pub mod repl;
 pub mod reply;
 pub mod reversal;
 pub mod reverse;
+pub mod sizes;
 pub mod stages;
 pub mod state;
 pub mod store;
@@ -65,7 +66,7 @@ pub struct PreflightOptions {
     /// Target namespaces created by an earlier run of this job (replaced, not refused).
     pub owned: HashSet<String>,
     /// Where to leave the collection sizes measured, for the copy that may follow.
-    pub sizes: Option<catalog::sizes::Sizes>,
+    pub sizes: Option<sizes::Sizes>,
 }
 
 impl PreflightOptions {

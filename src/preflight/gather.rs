@@ -202,7 +202,7 @@ async fn size_one(
     i: usize,
     (db, coll): (&str, &str),
     deadline: Instant,
-    keep: Option<&catalog::sizes::Sizes>,
+    keep: Option<&crate::engine::sizes::Sizes>,
 ) -> Sized {
     let mut out = Sized {
         size: None,
@@ -235,7 +235,7 @@ async fn size_one(
     let (size, ix, find) = tokio::join!(sizing, indexes, find);
     match size {
         Ok(s) => {
-            // Left for the copy that may follow this preflight (see `catalog::sizes`).
+            // Left for the copy that may follow this preflight (see `engine::sizes`).
             if let (Some(k), Some((bytes, docs))) = (keep, s) {
                 k.put(db, coll, bytes, docs);
             }

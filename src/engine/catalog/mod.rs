@@ -3,7 +3,6 @@
 //! (unique → non-unique, TTL → disabled, hidden → visible) and restored at finalize.
 
 pub mod build;
-pub mod sizes;
 
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
