@@ -197,7 +197,13 @@ impl Live {
         Some(optime::lag_seconds(applied, now))
     }
 
-    pub fn status(&self, cp: Option<&Checkpoint>) -> WorkerStatus {
+    /// The status: the state, then the job as last saved (`saved`), read in that order. A
+    /// state is published only after the checkpoint that records it is saved (a failure
+    /// excepted: it is published even when it cannot be saved), so a status that says
+    /// `finalized` always carries the finalization's report. Read the other way round, a
+    /// status taken between the save and the publish paired the new state with the checkpoint
+    /// before it (seen: `finalized` with the verification still running).
+    pub fn status(&self, saved: impl FnOnce() -> Option<Checkpoint>) -> WorkerStatus {
         let (state, phase, info, error, reason) = self
             .text
             .lock()
@@ -224,7 +230,8 @@ impl Live {
             events_applied: self.events_applied.load(Ordering::Relaxed),
             ..Default::default()
         };
-        let Some(cp) = cp else { return s };
+        let saved = saved();
+        let Some(cp) = saved.as_ref() else { return s };
         s.direction = cp.direction;
         s.reverse = cp.reverse_of.as_ref().map(|o| ReverseInfo {
             job_id: o.job_id.clone(),
@@ -276,5 +283,27 @@ impl Live {
         s.finalization = cp.finalization.clone();
         s.warnings = cp.warnings.clone();
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_is_read_before_the_checkpoint() {
+        // The finalize saves its report, then publishes `finalized`. A status taken across
+        // both must not pair the published state with the checkpoint read before the save.
+        let live = Live::default();
+        live.set_state(State::Finalizing, None, None);
+        let st = live.status(|| {
+            live.set_state(State::Finalized, None, None);
+            Some(Checkpoint {
+                state: State::Finalized,
+                ..Default::default()
+            })
+        });
+        assert_eq!(st.state, State::Finalizing);
+        assert_eq!(live.status(|| None).state, State::Finalized);
     }
 }

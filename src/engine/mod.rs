@@ -436,7 +436,7 @@ impl Engine {
             ctx.live.set_source_now(ts);
         }
         self.refresh_metrics();
-        ctx.live.status(ctx.store.last_saved().as_ref())
+        ctx.live.status(|| ctx.store.last_saved())
     }
 
     /// Bring the metrics that are read from elsewhere up to date (before a scrape).

@@ -454,7 +454,7 @@ async fn a_deposed_worker_stops_and_says_why() {
             && r.engine.ctx().live.state() == State::Failed
     })
     .await;
-    let st = r.engine.ctx().live.status(None);
+    let st = r.engine.ctx().live.status(|| None);
     assert_eq!(st.failure_reason.as_deref(), Some("Deposed"));
     // Nothing is recorded by a deposed worker, and it takes no command.
     assert_ne!(r.jobs.last_saved().map(|c| c.state), Some(State::Failed));
@@ -479,7 +479,7 @@ async fn a_target_of_another_job_is_refused_for_good() {
     });
     let engine = Engine::with_parts(ctx(), jobs.clone(), stages);
     engine.bootstrap(false).await;
-    let st = engine.ctx().live.status(None);
+    let st = engine.ctx().live.status(|| None);
     assert_eq!(st.state, State::Failed);
     assert_eq!(st.failure_reason.as_deref(), Some("TargetInUse"));
     assert!(st.error.unwrap_or_default().contains("shop/first"));
