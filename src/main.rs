@@ -179,7 +179,8 @@ fn print_json(v: &serde_json::Value) {
 /// to the size of the blocks freed: a copy of 1 MB documents on 16 cores then holds 425 MiB
 /// (172 MiB on 2). Fixing both (4 arenas; blocks of 256 KiB and more mapped and unmapped on
 /// their own) keeps the copy's peak at 112 MiB sized for 16 cores and 126 MiB on 2
-/// (docs/benchmarks.md, "Memory and cores"). `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the environment still win.
+/// (docs/benchmarks.md, "Memory and cores"). `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in
+/// the environment still win.
 fn bound_allocator_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -200,7 +200,8 @@ struct Sized {
 async fn size_one(
     source: &Client,
     i: usize,
-    (db, coll): (&str, &str),
+    db: &str,
+    coll: &str,
     deadline: Instant,
     keep: Option<&crate::engine::sizes::Sizes>,
 ) -> Sized {
@@ -332,7 +333,7 @@ async fn list_selection(source: &Client, opts: &Options, probes: &mut Vec<Probe>
     let deadline = Instant::now() + SIZE_BUDGET;
     let sized: Vec<Sized> = futures::stream::iter(sel.selected.clone().into_iter().enumerate())
         .map(|(i, (db, coll)): (usize, (String, String))| async move {
-            size_one(source, i, (&db, &coll), deadline, opts.sizes.as_ref()).await
+            size_one(source, i, &db, &coll, deadline, opts.sizes.as_ref()).await
         })
         .buffered(SIZE_CONCURRENCY)
         .collect()
