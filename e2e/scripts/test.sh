@@ -58,11 +58,13 @@ step "build"
 cargo build --workspace --bins 2>&1 | tail -2
 export MONGOFERRY_BIN="$ROOT/target/debug/mongoferry"
 
-step "building the end-to-end suites"
-# Built once here, then run as plain executables (cwd e2e/, as cargo would) so that the lanes
-# below run side by side without cargo's build lock between them.
+step "building the test executables"
+# The end-to-end suites and the unit tests, built once here; the suites then run as plain
+# executables (cwd e2e/, as cargo would) so that the lanes below run side by side without
+# cargo's build lock between them. `--workspace`, as the build above: a build of one package
+# resolves its dependencies' features on their own, and rebuilt the driver and the runtime.
 declare -A suite_exe=()
-if cargo test -p mongoferry-e2e --no-run >"$LOGS/e2e-build.log" 2>&1; then
+if cargo test --workspace --no-run >"$LOGS/e2e-build.log" 2>&1; then
     while read -r name exe; do [[ "$exe" == /* ]] || exe="$ROOT/$exe"; suite_exe[$name]=$exe; done < <(
         sed -nE 's/^ *Executable tests\/([a-z_0-9]+)\.rs \((.*)\)$/\1 \2/p' "$LOGS/e2e-build.log")
     echo "${#suite_exe[@]} suites built at $SECONDS s"
