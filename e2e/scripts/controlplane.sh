@@ -53,7 +53,10 @@ build() {
     ldflags+=" -X $pkg.gitVersion=$kver -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(cut -d. -f2 <<<"$kver")"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  (cd "$CP" && nice -n 10 go build -ldflags "$ldflags" -o "$BIN.tmp" .)
+  # No DWARF (compiler and linker): ~20% less CPU on a cold build; panics keep their
+  # stacks. install-helm.sh builds Helm from this module with the same -gcflags, so the
+  # k8s.io packages the two share are compiled once.
+  (cd "$CP" && nice -n 10 go build -gcflags=all=-dwarf=false -ldflags "-s -w $ldflags" -o "$BIN.tmp" .)
   mv "$BIN.tmp" "$BIN"
   echo "$hash" > "$BIN.stamp"
   echo "built $BIN in $((SECONDS - start))s" >&2
