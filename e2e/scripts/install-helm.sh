@@ -51,7 +51,6 @@ ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
     ldflags+=" -X $pkg.k8sVersionMajor=$K8S_MAJOR -X $pkg.k8sVersionMinor=$K8S_MINOR"
 done
-# Outside any module, so the repository's own go.mod files play no part.
 CP="$REPO/e2e/controlplane"
 if [[ "$VERSION" == "$(cd "$CP" && go list -m -f '{{.Version}}' helm.sh/helm/v3 2>/dev/null)" ]]; then
     # Helm is a tool of the control plane's module (go.mod `tool`): one module graph, the
@@ -61,6 +60,7 @@ if [[ "$VERSION" == "$(cd "$CP" && go list -m -f '{{.Version}}' helm.sh/helm/v3 
     (cd "$CP" && GOFLAGS=-buildvcs=false nice -n 10 \
         go build -gcflags=all=-dwarf=false -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm) >&2
 else
+    # Another version: outside any module, so the repository's go.mod files play no part.
     (cd / && GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 10 \
         go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$VERSION") >&2
 fi
