@@ -332,7 +332,7 @@ async fn worker_over_its_memory_limit_is_oom_killed_and_the_job_shows_it() {
         &src,
         &dst,
         // 32 MiB batches: each attempt holds well over 64 MiB (a cursor batch, the batch it
-        // fills, the batches in flight). With its default 4 MiB batches the worker now copies
+        // fills, the batches in flight). With its default 1 MiB batches the worker copies
         // these documents within 64 MiB once a first attempt has copied part of them.
         "  worker:\n    resources: {limits: {memory: 64Mi}, requests: {memory: 64Mi}}\n  tuning:\n    clone: {batchBytes: 33554432}\n",
     );

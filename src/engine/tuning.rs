@@ -57,7 +57,11 @@ impl Tuning {
             catalog_workers: CATALOG_WORKERS,
             read_workers: cpus.clamp(2, 8),
             insert_workers: (cpus * 2).clamp(4, 16),
-            batch_bytes: 4 * MIB,
+            // One insert batch is one target transaction. Against 4 MiB, 1 MiB batches cost
+            // the target 15-30% less CPU on ~500-byte documents (8,000 documents a transaction
+            // were dearer per document than 2,000), halved the worker's peak RSS and did not
+            // slow ~5 KB documents (peerbench, 2-core, docs/benchmarks.md).
+            batch_bytes: MIB,
             budget_kib: (48 * MIB / 1024) as u32,
             partition_bytes: 64 * MIB,
             repl_workers: cpus.clamp(4, 16),
@@ -164,7 +168,7 @@ mod tests {
         let r = StartRequest {
             clone: Some(CloneTuning {
                 read_workers: Some(3),
-                batch_bytes: Some(MIB),
+                batch_bytes: Some(2 * MIB),
                 ..Default::default()
             }),
             replication: Some(ReplicationTuning {
@@ -176,7 +180,7 @@ mod tests {
         let t = resolve(&r).expect("valid");
         assert_eq!(
             (t.read_workers, t.batch_bytes, t.repl_workers, t.bulk_ops),
-            (3, MIB, 2, 50)
+            (3, 2 * MIB, 2, 50)
         );
     }
 

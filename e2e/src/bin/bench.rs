@@ -40,7 +40,7 @@ type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MIB: u64 = 1 << 20;
 /// The engine's default insert batch (`clone.batchBytes`); the baselines use it too.
-const BATCH_BYTES: u64 = 4 * MIB;
+const BATCH_BYTES: u64 = MIB;
 /// Seeded workload generators of the mixed apply row (each is sequential: one write per
 /// request).
 const MIXED_GENERATORS: u32 = 16;
