@@ -154,9 +154,7 @@ run_controlplane() {
 # the benchmark, then the demo and the control plane's own tests; lane B the suites that
 # mostly wait (leases, restarts), then the Kubernetes ones (last, so that a cold control-plane
 # build has time to finish). A suite not named in lane A runs in lane B. The demo and the
-# control plane's tests sit at lane A's end because lane A finishes first: in a cold run
-# (stop 26) lane A was done at 1,642 s while lane B's operator suite ran until 1,922 s, and
-# both then ran one after the other behind it.
+# control plane's tests end lane A because it finishes first (docs/development.md).
 lane_a=(engine finalize reliability reverse recovery preflight harness docs)
 kube_step() { [[ -z "${MONGOFERRY_SKIP_KUBE:-}" ]]; }
 is_kube_suite() { [[ "$1" == operator* || "$1" == chart || "$1" == containers ]]; }
